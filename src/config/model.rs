@@ -1,0 +1,545 @@
+//! The validated configuration model, and the conversion from the raw file into it.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::raw::*;
+use super::values::{parse_duration, parse_size};
+use super::Problems;
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Admin listener.
+    pub admin: Admin,
+    /// Shutdown behaviour.
+    pub shutdown: Shutdown,
+    /// Process-wide server settings.
+    pub server: Server,
+    /// Logging.
+    pub log: Log,
+    /// Folder holding `<profile>.yaml` vendor profiles.
+    pub profiles_dir: PathBuf,
+    /// One entry per vendor listener.
+    pub vendors: Vec<Vendor>,
+}
+
+/// `admin:` — the listener for `/metrics`, `/healthz`, `/readyz`.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// Address to bind; 127.0.0.1 by default.
+    pub listen: SocketAddr,
+}
+
+/// `shutdown:`
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    /// Longest time SIGTERM waits for in-flight requests before exiting anyway.
+    pub grace_period: Duration,
+}
+
+/// `server:`
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Worker threads serving all vendor listeners.
+    pub threads: usize,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `log:`
+#[derive(Debug, Clone)]
+pub struct Log {
+    /// Output format.
+    pub format: LogFormat,
+    /// `tracing` filter directive, e.g. `info` or `switchboard=debug`.
+    pub level: String,
+}
+
+/// One vendor: a local listener in front of one upstream base URL.
+#[derive(Debug, Clone)]
+pub struct Vendor {
+    /// Name used in envelopes, metrics and logs.
+    pub name: String,
+    /// Local address apps send to.
+    pub listen: SocketAddr,
+    /// Where requests go.
+    pub upstream: Upstream,
+    /// Profile name (`<profiles_dir>/<profile>.yaml`), if any.
+    pub profile: Option<String>,
+    /// Upstream timeouts.
+    pub timeouts: Timeouts,
+    /// Named endpoints, matched in order; unmatched requests are `other`.
+    pub endpoints: Vec<Endpoint>,
+    /// Largest request body accepted, in bytes.
+    pub max_request_body: u64,
+    /// How often the upstream host name is resolved again.
+    pub dns_refresh: Duration,
+}
+
+/// The vendor's base URL, split for use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// The URL as configured.
+    pub url: String,
+    /// `https`?
+    pub tls: bool,
+    /// Host name or IP literal (no brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Value for the `Host` header sent upstream.
+    pub authority: String,
+}
+
+/// `vendors[].timeouts`
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// TCP + TLS connect.
+    pub connect: Duration,
+    /// Longest wait for each read from the vendor, including the response header.
+    pub response: Duration,
+    /// Idle pooled connections are closed after this.
+    pub idle: Duration,
+}
+
+/// A named group of paths, the unit for per-endpoint limits and metrics.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Name (metric label).
+    pub name: String,
+    /// Path prefix to match.
+    pub path_prefix: String,
+    /// Methods to match (upper case); empty = any.
+    pub methods: Vec<String>,
+}
+
+/// Label used for requests that match no endpoint.
+pub const OTHER_ENDPOINT: &str = "other";
+
+fn join(base: &str, rest: &str) -> String {
+    match (base.is_empty(), rest.is_empty() || rest == ".") {
+        (_, true) => base.to_string(),
+        (true, false) => rest.to_string(),
+        (false, false) if rest.starts_with('[') => format!("{base}{rest}"),
+        (false, false) => format!("{base}.{rest}"),
+    }
+}
+
+/// `endpoints.0.match` (serde_ignored's form) -> `endpoints[0].match` (ours).
+fn index_style(path: &str) -> String {
+    let mut out = String::new();
+    for seg in path.split('.') {
+        if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str(&format!("[{seg}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(seg);
+        }
+    }
+    out
+}
+
+/// Deserialises one section, recording *every* unknown key and the first type error.
+pub(crate) fn typed<T: DeserializeOwned>(v: &Value, path: &str, p: &mut Problems) -> Option<T> {
+    let mut unknown: Vec<String> = Vec::new();
+    let mut record = |ignored: serde_ignored::Path<'_>| unknown.push(ignored.to_string());
+    let de = serde_ignored::Deserializer::new(v, &mut record);
+    let result: Result<T, _> = serde_path_to_error::deserialize(de);
+    for u in unknown {
+        p.push(join(path, &index_style(&u)), "unknown key");
+    }
+    match result {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let inner = e.inner().to_string();
+            p.push(join(path, &e.path().to_string()), inner);
+            None
+        }
+    }
+}
+
+fn section<T: DeserializeOwned + Default>(v: &Value, path: &str, p: &mut Problems) -> T {
+    if v.is_null() {
+        return T::default();
+    }
+    typed(v, path, p).unwrap_or_default()
+}
+
+fn addr(s: &str, path: &str, p: &mut Problems) -> Option<SocketAddr> {
+    match s.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.push(
+                path,
+                format!("invalid listen address {s:?} (expected ip:port, e.g. 127.0.0.1:8081)"),
+            );
+            None
+        }
+    }
+}
+
+fn duration(s: Option<&str>, default: Duration, path: &str, p: &mut Problems) -> Duration {
+    match s.map(parse_duration) {
+        None => default,
+        Some(Ok(d)) if d.is_zero() => {
+            p.push(path, "must be greater than zero");
+            default
+        }
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            p.push(path, e);
+            default
+        }
+    }
+}
+
+/// Parses an upstream base URL. The path must be empty: apps keep their paths unchanged.
+pub fn parse_upstream(url: &str) -> Result<Upstream, String> {
+    let bad = |why: &str| format!("invalid upstream {url:?}: {why}");
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| bad("not a URL (expected e.g. https://api.example.com)"))?;
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(bad("scheme must be http or https")),
+    };
+    let host = uri.host().ok_or_else(|| bad("missing host"))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    if host.is_empty() {
+        return Err(bad("missing host"));
+    }
+    if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
+        return Err(bad(
+            "must have no path or query (put the path in the app's base URL instead)",
+        ));
+    }
+    let default_port = if tls { 443 } else { 80 };
+    let port = uri.port_u16().unwrap_or(default_port);
+    let authority = match uri.port_u16() {
+        Some(p) if p != default_port => format!("{}:{p}", uri.host().unwrap_or(&host)),
+        _ => uri.host().unwrap_or(&host).to_string(),
+    };
+    Ok(Upstream {
+        url: url.to_string(),
+        tls,
+        host,
+        port,
+        authority,
+    })
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
+];
+
+fn vendor(
+    v: &Value,
+    i: usize,
+    base_dir: &Path,
+    profiles_dir: &Path,
+    p: &mut Problems,
+) -> Option<Vendor> {
+    let path = format!("vendors[{i}]");
+    let raw: RawVendor = typed(v, &path, p)?;
+    if !valid_name(&raw.name) {
+        p.push(
+            format!("{path}.name"),
+            format!("invalid name {:?} (use a-z, 0-9, _ and -)", raw.name),
+        );
+    }
+    let listen = addr(&raw.listen, &format!("{path}.listen"), p);
+    let upstream = match parse_upstream(&raw.upstream) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            p.push(format!("{path}.upstream"), e);
+            None
+        }
+    };
+    if let Some(profile) = &raw.profile {
+        let file = profiles_dir.join(format!("{profile}.yaml"));
+        if !valid_name(profile) {
+            p.push(
+                format!("{path}.profile"),
+                format!("invalid profile name {profile:?}"),
+            );
+        } else if !file.is_file() {
+            let shown = pathdiff(&file, base_dir);
+            p.push(
+                format!("{path}.profile"),
+                format!("profile {profile:?} not found (looked for {shown})"),
+            );
+        }
+    }
+    let t = &raw.timeouts;
+    let timeouts = Timeouts {
+        connect: duration(
+            t.connect.as_deref(),
+            Duration::from_secs(2),
+            &format!("{path}.timeouts.connect"),
+            p,
+        ),
+        response: duration(
+            t.response.as_deref(),
+            Duration::from_secs(30),
+            &format!("{path}.timeouts.response"),
+            p,
+        ),
+        idle: duration(
+            t.idle.as_deref(),
+            Duration::from_secs(60),
+            &format!("{path}.timeouts.idle"),
+            p,
+        ),
+    };
+    let mut names = HashSet::new();
+    let mut endpoints = Vec::new();
+    for (j, e) in raw.endpoints.iter().enumerate() {
+        let ep = format!("{path}.endpoints[{j}]");
+        if !valid_name(&e.name) || e.name == OTHER_ENDPOINT {
+            p.push(
+                format!("{ep}.name"),
+                format!(
+                    "invalid endpoint name {:?} (use a-z, 0-9, _ and -; `other` is reserved)",
+                    e.name
+                ),
+            );
+        } else if !names.insert(e.name.clone()) {
+            p.push(
+                format!("{ep}.name"),
+                format!("duplicate endpoint name {:?}", e.name),
+            );
+        }
+        if !e.matcher.path_prefix.starts_with('/') {
+            p.push(
+                format!("{ep}.match.path_prefix"),
+                format!("path_prefix {:?} must start with /", e.matcher.path_prefix),
+            );
+        }
+        let mut methods = Vec::new();
+        for (k, m) in e.matcher.methods.iter().flatten().enumerate() {
+            let up = m.to_ascii_uppercase();
+            if METHODS.contains(&up.as_str()) {
+                methods.push(up);
+            } else {
+                p.push(
+                    format!("{ep}.match.methods[{k}]"),
+                    format!("unknown HTTP method {m:?}"),
+                );
+            }
+        }
+        endpoints.push(Endpoint {
+            name: e.name.clone(),
+            path_prefix: e.matcher.path_prefix.clone(),
+            methods,
+        });
+    }
+    let max_request_body = match raw.max_request_body.as_ref().map(parse_size) {
+        None => 1024 * 1024,
+        Some(Ok(n)) if n > 0 => n,
+        Some(Ok(_)) => {
+            p.push(
+                format!("{path}.max_request_body"),
+                "must be greater than zero",
+            );
+            1
+        }
+        Some(Err(e)) => {
+            p.push(format!("{path}.max_request_body"), e);
+            1
+        }
+    };
+    let dns_refresh = duration(
+        raw.dns_refresh.as_deref(),
+        Duration::from_secs(30),
+        &format!("{path}.dns_refresh"),
+        p,
+    );
+    Some(Vendor {
+        name: raw.name,
+        listen: listen?,
+        upstream: upstream?,
+        profile: raw.profile,
+        timeouts,
+        endpoints,
+        max_request_body,
+        dns_refresh,
+    })
+}
+
+/// A path as the user would recognise it (relative to the config folder when inside it).
+fn pathdiff(file: &Path, base: &Path) -> String {
+    file.strip_prefix(base)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| file.display().to_string())
+}
+
+pub(crate) fn validate(v: &Value, file: &Path, base_dir: &Path) -> Result<Config, Problems> {
+    let mut p = Problems::default();
+    let raw: RawConfig = if v.is_null() {
+        RawConfig::default()
+    } else {
+        typed(v, "", &mut p).unwrap_or_default()
+    };
+
+    let admin: RawAdmin = section(&raw.admin, "admin", &mut p);
+    let admin_listen = admin.listen.as_deref().unwrap_or("127.0.0.1:9901");
+    let admin_addr = addr(admin_listen, "admin.listen", &mut p);
+
+    let shutdown: RawShutdown = section(&raw.shutdown, "shutdown", &mut p);
+    let grace_period = duration(
+        shutdown.grace_period.as_deref(),
+        Duration::from_secs(20),
+        "shutdown.grace_period",
+        &mut p,
+    );
+    if grace_period > Duration::from_secs(3600) {
+        p.push("shutdown.grace_period", "must be at most 1h");
+    }
+
+    let server: RawServer = section(&raw.server, "server", &mut p);
+    let threads = match server.threads {
+        None => 1,
+        Some(n) if (1..=64).contains(&n) => n as usize,
+        Some(n) => {
+            p.push(
+                "server.threads",
+                format!("invalid threads {n} (expected 1 to 64)"),
+            );
+            1
+        }
+    };
+
+    let log: RawLog = section(&raw.log, "log", &mut p);
+    let format = match log.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            p.push(
+                "log.format",
+                format!("invalid format {other:?} (expected text or json)"),
+            );
+            LogFormat::Text
+        }
+    };
+    let level = log.level.unwrap_or_else(|| "info".into());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        p.push(
+            "log.level",
+            format!("invalid level {level:?} (expected e.g. info, debug)"),
+        );
+    }
+
+    let profiles_dir = base_dir.join(raw.profiles_dir.as_deref().unwrap_or("profiles"));
+
+    if raw.vendors.is_empty() {
+        p.push("vendors", "at least one vendor is required");
+    }
+    let mut vendors = Vec::new();
+    for (i, v) in raw.vendors.iter().enumerate() {
+        if let Some(vd) = vendor(v, i, base_dir, &profiles_dir, &mut p) {
+            vendors.push(vd);
+        }
+    }
+    // Duplicates are checked on the raw values, so they are found even in entries that have
+    // other problems.
+    let mut names = HashSet::new();
+    let mut ports = HashSet::new();
+    if let Some(a) = admin_addr {
+        ports.insert(a.port());
+    }
+    for (i, v) in raw.vendors.iter().enumerate() {
+        if let Some(name) = v.get("name").and_then(Value::as_str) {
+            if !names.insert(name.to_string()) {
+                p.push(
+                    format!("vendors[{i}].name"),
+                    format!("duplicate vendor name {name:?}"),
+                );
+            }
+        }
+        let listen = v.get("listen").and_then(Value::as_str);
+        if let Some(port) = listen
+            .and_then(|l| l.parse::<SocketAddr>().ok())
+            .map(|a| a.port())
+        {
+            if !ports.insert(port) {
+                p.push(
+                    format!("vendors[{i}].listen"),
+                    format!("port {port} is already used by another listener"),
+                );
+            }
+        }
+    }
+
+    if !p.0.is_empty() {
+        return Err(p);
+    }
+    let Some(admin_listen) = admin_addr else {
+        return Err(p);
+    };
+    Ok(Config {
+        file: file.to_path_buf(),
+        admin: Admin {
+            listen: admin_listen,
+        },
+        shutdown: Shutdown { grace_period },
+        server: Server { threads },
+        log: Log { format, level },
+        profiles_dir,
+        vendors,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls() {
+        let u = parse_upstream("https://api.tryvox.io").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.authority.as_str()),
+            (true, "api.tryvox.io", 443, "api.tryvox.io")
+        );
+        let u = parse_upstream("http://127.0.0.1:9000/").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (u.tls, u.port, u.authority.as_str()),
+            (false, 9000, "127.0.0.1:9000")
+        );
+        let u = parse_upstream("http://[::1]:9000").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (u.host.as_str(), u.authority.as_str()),
+            ("::1", "[::1]:9000")
+        );
+        assert!(parse_upstream("ftp://x").is_err());
+        assert!(parse_upstream("https://x.io/v1").is_err());
+        assert!(parse_upstream("nonsense").is_err());
+    }
+}

@@ -1,0 +1,88 @@
+//! Raw serde shapes of the YAML file, as written by people. Leaves that need parsing
+//! (durations, sizes, addresses) stay strings here so that *every* bad value can be reported
+//! with its path, rather than stopping at the first one serde meets.
+//!
+//! Unknown keys are not rejected by `deny_unknown_fields` (that stops at the first); the loader
+//! collects every ignored key with `serde_ignored` and reports them all as errors.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The whole file.
+#[derive(Debug, Deserialize, Default)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub admin: Value,
+    #[serde(default)]
+    pub shutdown: Value,
+    #[serde(default)]
+    pub server: Value,
+    #[serde(default)]
+    pub log: Value,
+    pub profiles_dir: Option<String>,
+    #[serde(default)]
+    pub vendors: Vec<Value>,
+}
+
+/// `admin:`
+#[derive(Debug, Deserialize, Default)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+}
+
+/// `shutdown:`
+#[derive(Debug, Deserialize, Default)]
+pub struct RawShutdown {
+    pub grace_period: Option<String>,
+}
+
+/// `server:`
+#[derive(Debug, Deserialize, Default)]
+pub struct RawServer {
+    pub threads: Option<i64>,
+}
+
+/// `log:`
+#[derive(Debug, Deserialize, Default)]
+pub struct RawLog {
+    pub format: Option<String>,
+    pub level: Option<String>,
+}
+
+/// One entry of `vendors:`.
+#[derive(Debug, Deserialize)]
+pub struct RawVendor {
+    pub name: String,
+    pub listen: String,
+    pub upstream: String,
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub endpoints: Vec<RawEndpoint>,
+    pub max_request_body: Option<Value>,
+    pub dns_refresh: Option<String>,
+}
+
+/// `vendors[].timeouts:`
+#[derive(Debug, Deserialize, Default)]
+pub struct RawTimeouts {
+    pub connect: Option<String>,
+    pub response: Option<String>,
+    pub idle: Option<String>,
+}
+
+/// `vendors[].endpoints[]`
+#[derive(Debug, Deserialize)]
+pub struct RawEndpoint {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matcher: RawMatch,
+}
+
+/// `vendors[].endpoints[].match`
+#[derive(Debug, Deserialize)]
+pub struct RawMatch {
+    pub path_prefix: String,
+    pub methods: Option<Vec<String>>,
+}

@@ -1,0 +1,388 @@
+//! The canonical error envelope (SPEC §4): the closed set of codes, their canonical HTTP
+//! statuses and retryability, and the JSON body every error response carries.
+//!
+//! This module owns the *shape* of the contract. It does not decide which code an upstream
+//! response maps to (that is `normalize`) nor when to retry (that is `retry`). Bodies are built
+//! with serde, never by string formatting, so they are always valid JSON.
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Largest vendor message kept in `error.message`, in bytes (SPEC §4).
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// One of the stable, closed set of canonical error codes apps branch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Code {
+    /// Fields missing or invalid.
+    ValidationFailed,
+    /// API key missing, invalid, expired or revoked.
+    AuthenticationFailed,
+    /// The key lacks permission for this resource.
+    PermissionDenied,
+    /// Outbound call/SMS blocked by consent, opt-out or compliance.
+    ConsentRequired,
+    /// The resource does not exist.
+    NotFound,
+    /// Duplicate resource.
+    Conflict,
+    /// Request larger than the configured limit.
+    PayloadTooLarge,
+    /// Balance, credits or quota exhausted.
+    InsufficientCredits,
+    /// Wrong verification code.
+    VerificationFailed,
+    /// Verification attempts exhausted; not a rate limit.
+    TooManyAttempts,
+    /// The vendor's or Switchboard's rate limit.
+    RateLimited,
+    /// The vendor's internal error.
+    InternalError,
+    /// Processed, but the carrier/channel failed.
+    DeliveryFailed,
+    /// Vendor unreachable or said it is unavailable.
+    UpstreamUnavailable,
+    /// No response in time.
+    UpstreamTimeout,
+    /// A non-idempotent request was sent but its response was lost.
+    OutcomeUnknown,
+    /// Switchboard's own queue or retry budget is full.
+    Overloaded,
+    /// Nothing matched; the vendor status is kept.
+    UnknownError,
+}
+
+impl Code {
+    /// Every code, in the order of the SPEC table. Metrics pre-create one series per entry.
+    pub const ALL: [Code; 18] = [
+        Code::ValidationFailed,
+        Code::AuthenticationFailed,
+        Code::PermissionDenied,
+        Code::ConsentRequired,
+        Code::NotFound,
+        Code::Conflict,
+        Code::PayloadTooLarge,
+        Code::InsufficientCredits,
+        Code::VerificationFailed,
+        Code::TooManyAttempts,
+        Code::RateLimited,
+        Code::InternalError,
+        Code::DeliveryFailed,
+        Code::UpstreamUnavailable,
+        Code::UpstreamTimeout,
+        Code::OutcomeUnknown,
+        Code::Overloaded,
+        Code::UnknownError,
+    ];
+
+    /// The snake_case wire name, as used in the body, headers and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::ValidationFailed => "validation_failed",
+            Code::AuthenticationFailed => "authentication_failed",
+            Code::PermissionDenied => "permission_denied",
+            Code::ConsentRequired => "consent_required",
+            Code::NotFound => "not_found",
+            Code::Conflict => "conflict",
+            Code::PayloadTooLarge => "payload_too_large",
+            Code::InsufficientCredits => "insufficient_credits",
+            Code::VerificationFailed => "verification_failed",
+            Code::TooManyAttempts => "too_many_attempts",
+            Code::RateLimited => "rate_limited",
+            Code::InternalError => "internal_error",
+            Code::DeliveryFailed => "delivery_failed",
+            Code::UpstreamUnavailable => "upstream_unavailable",
+            Code::UpstreamTimeout => "upstream_timeout",
+            Code::OutcomeUnknown => "outcome_unknown",
+            Code::Overloaded => "overloaded",
+            Code::UnknownError => "unknown_error",
+        }
+    }
+
+    /// Parses a wire name; `None` for anything outside the closed set.
+    pub fn parse(name: &str) -> Option<Code> {
+        Code::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
+    /// The canonical HTTP status. `unknown_error` keeps the vendor's status, so it needs one.
+    pub fn status(self, vendor_status: Option<u16>) -> u16 {
+        match self {
+            Code::ValidationFailed => 400,
+            Code::AuthenticationFailed => 401,
+            Code::PermissionDenied | Code::ConsentRequired => 403,
+            Code::NotFound => 404,
+            Code::Conflict => 409,
+            Code::PayloadTooLarge => 413,
+            Code::InsufficientCredits => 402,
+            Code::VerificationFailed => 422,
+            Code::TooManyAttempts | Code::RateLimited => 429,
+            Code::InternalError => 500,
+            Code::DeliveryFailed | Code::OutcomeUnknown => 502,
+            Code::UpstreamUnavailable | Code::Overloaded => 503,
+            Code::UpstreamTimeout => 504,
+            // A vendor "error" that is not an HTTP error status still has to read as an error.
+            Code::UnknownError => match vendor_status {
+                Some(s) if (400..=599).contains(&s) => s,
+                _ => 502,
+            },
+        }
+    }
+
+    /// Whether repeating the same request later can succeed, by default.
+    pub fn default_retryable(self, vendor_status: Option<u16>) -> bool {
+        match self {
+            Code::RateLimited
+            | Code::InternalError
+            | Code::UpstreamUnavailable
+            | Code::UpstreamTimeout
+            | Code::Overloaded => true,
+            Code::UnknownError => matches!(vendor_status, Some(s) if s == 429 || s >= 500),
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who produced the error: the vendor, or Switchboard itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The vendor answered with an error.
+    Upstream,
+    /// Switchboard answered without (or instead of) the vendor's answer.
+    Proxy,
+}
+
+impl Source {
+    /// Label value for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Upstream => "upstream",
+            Source::Proxy => "proxy",
+        }
+    }
+}
+
+/// One per-field problem reported by the vendor.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Detail {
+    /// The field the problem is about, when the vendor says.
+    pub field: Option<String>,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// What the vendor actually said, kept inside the envelope.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UpstreamInfo {
+    /// The vendor's HTTP status.
+    pub status: u16,
+    /// The vendor's own error code, as text (numeric codes are stringified).
+    pub code: Option<String>,
+    /// The vendor's request id, when it gives one.
+    pub request_id: Option<String>,
+    /// The vendor's original body: parsed JSON, else a string; capped.
+    pub body: Value,
+}
+
+/// The `error` object of the envelope.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorBody {
+    /// Canonical code.
+    pub code: Code,
+    /// Human message: the vendor's when it has one, else Switchboard's.
+    pub message: String,
+    /// Whether the same request can succeed later.
+    pub retryable: bool,
+    /// Seconds to wait before repeating, when known.
+    pub retry_after_s: Option<u64>,
+    /// Per-field problems.
+    pub details: Vec<Detail>,
+    /// Who produced the error.
+    pub source: Source,
+    /// The vendor name from config.
+    pub vendor: String,
+    /// How many times the vendor was tried for this request.
+    pub attempts: u32,
+    /// What the vendor said; `None` when it was never reached.
+    pub upstream: Option<UpstreamInfo>,
+}
+
+/// The canonical envelope: `{"error": {...}, "request_id": "..."}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Envelope {
+    /// The error itself.
+    pub error: ErrorBody,
+    /// Switchboard's request id, also sent as `X-Request-Id`.
+    pub request_id: String,
+}
+
+impl Envelope {
+    /// An error Switchboard produced itself (the vendor's answer, if any, is not in it).
+    pub fn proxy(code: Code, message: impl Into<String>, vendor: &str, request_id: &str) -> Self {
+        Envelope {
+            error: ErrorBody {
+                code,
+                message: cap_message(message.into()),
+                retryable: code.default_retryable(None),
+                retry_after_s: None,
+                details: Vec::new(),
+                source: Source::Proxy,
+                vendor: vendor.to_string(),
+                attempts: 0,
+                upstream: None,
+            },
+            request_id: request_id.to_string(),
+        }
+    }
+
+    /// Sets how many upstream attempts were made.
+    pub fn with_attempts(mut self, attempts: u32) -> Self {
+        self.error.attempts = attempts;
+        self
+    }
+
+    /// Sets the retry hint in seconds.
+    pub fn with_retry_after(mut self, secs: Option<u64>) -> Self {
+        self.error.retry_after_s = secs;
+        self
+    }
+
+    /// The HTTP status this envelope is answered with.
+    pub fn status(&self) -> u16 {
+        self.error
+            .code
+            .status(self.error.upstream.as_ref().map(|u| u.status))
+    }
+
+    /// The serialised body. Serialising these plain types cannot fail; should it ever,
+    /// a fixed valid envelope is returned rather than an empty body.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_else(|_| {
+            br#"{"error":{"code":"unknown_error","message":"envelope serialisation failed","retryable":false,"retry_after_s":null,"details":[],"source":"proxy","vendor":"","attempts":0,"upstream":null},"request_id":""}"#.to_vec()
+        })
+    }
+
+    /// Response headers that accompany the body (besides content type and length).
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut h = vec![
+            ("x-switchboard-error", self.error.code.as_str().to_string()),
+            ("x-request-id", self.request_id.clone()),
+        ];
+        if let Some(s) = self.error.retry_after_s {
+            h.push(("retry-after", s.to_string()));
+        }
+        h
+    }
+}
+
+/// Cuts a message to [`MAX_MESSAGE_BYTES`] on a char boundary.
+pub fn cap_message(mut s: String) -> String {
+    if s.len() > MAX_MESSAGE_BYTES {
+        let mut cut = MAX_MESSAGE_BYTES;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Renaming or re-statusing a public code is a breaking change: this table pins them.
+    #[test]
+    fn code_table_is_pinned() {
+        let expected: [(&str, u16, bool); 18] = [
+            ("validation_failed", 400, false),
+            ("authentication_failed", 401, false),
+            ("permission_denied", 403, false),
+            ("consent_required", 403, false),
+            ("not_found", 404, false),
+            ("conflict", 409, false),
+            ("payload_too_large", 413, false),
+            ("insufficient_credits", 402, false),
+            ("verification_failed", 422, false),
+            ("too_many_attempts", 429, false),
+            ("rate_limited", 429, true),
+            ("internal_error", 500, true),
+            ("delivery_failed", 502, false),
+            ("upstream_unavailable", 503, true),
+            ("upstream_timeout", 504, true),
+            ("outcome_unknown", 502, false),
+            ("overloaded", 503, true),
+            ("unknown_error", 418, false),
+        ];
+        for (code, (name, status, retryable)) in Code::ALL.iter().zip(expected) {
+            assert_eq!(code.as_str(), name);
+            assert_eq!(
+                serde_json::to_value(code).ok(),
+                Some(Value::String(name.into()))
+            );
+            assert_eq!(code.status(Some(418)), status, "{name}");
+            assert_eq!(code.default_retryable(Some(418)), retryable, "{name}");
+            assert_eq!(Code::parse(name), Some(*code));
+        }
+        assert_eq!(Code::parse("nope"), None);
+    }
+
+    #[test]
+    fn unknown_error_keeps_vendor_status_and_retryability() {
+        assert_eq!(Code::UnknownError.status(Some(507)), 507);
+        assert!(Code::UnknownError.default_retryable(Some(507)));
+        assert_eq!(Code::UnknownError.status(Some(200)), 502);
+        assert_eq!(Code::UnknownError.status(None), 502);
+    }
+
+    #[test]
+    fn envelope_shape() {
+        let e = Envelope::proxy(Code::UpstreamTimeout, "slow", "tryvox", "sb-1")
+            .with_attempts(2)
+            .with_retry_after(Some(3));
+        let v: Value = serde_json::from_slice(&e.to_json()).unwrap_or_default();
+        let keys: Vec<&str> = v["error"]
+            .as_object()
+            .map(|o| o.keys().map(|k| k.as_str()).collect())
+            .unwrap_or_default();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            [
+                "attempts",
+                "code",
+                "details",
+                "message",
+                "retry_after_s",
+                "retryable",
+                "source",
+                "upstream",
+                "vendor"
+            ]
+        );
+        assert_eq!(v["error"]["code"], "upstream_timeout");
+        assert_eq!(v["error"]["retryable"], true);
+        assert_eq!(v["error"]["attempts"], 2);
+        assert_eq!(v["error"]["upstream"], Value::Null);
+        assert_eq!(v["request_id"], "sb-1");
+        assert_eq!(e.status(), 504);
+        assert!(e.headers().contains(&("retry-after", "3".to_string())));
+    }
+
+    #[test]
+    fn message_is_capped_on_char_boundary() {
+        let long = "é".repeat(1000);
+        let capped = cap_message(long);
+        assert!(capped.len() <= MAX_MESSAGE_BYTES);
+        assert!(capped.len() >= MAX_MESSAGE_BYTES - 1);
+    }
+}

@@ -1,0 +1,113 @@
+//! HTTP header hygiene shared by the proxy hooks: hop-by-hop headers (RFC 9110 §7.6.1),
+//! request framing checks, and request ids.
+
+use http::header::HeaderName;
+use pingora::http::{RequestHeader, ResponseHeader};
+
+/// Hop-by-hop headers that are never forwarded. `Transfer-Encoding` framing is owned by
+/// Pingora, and `Connection`/`Upgrade` are kept on upgrade requests so WebSockets still work.
+const HOP_BY_HOP: [&str; 4] = ["keep-alive", "proxy-connection", "te", "trailer"];
+
+fn connection_listed(headers: &http::HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive" && t != "upgrade")
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect()
+}
+
+fn is_upgrade(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::UPGRADE)
+}
+
+/// Removes hop-by-hop headers from a request about to go upstream.
+pub fn strip_request_hop_by_hop(req: &mut RequestHeader) {
+    for name in connection_listed(&req.headers) {
+        req.remove_header(&name);
+    }
+    for name in HOP_BY_HOP {
+        req.remove_header(name);
+    }
+    if !is_upgrade(&req.headers) {
+        req.remove_header(&http::header::CONNECTION);
+    }
+}
+
+/// Removes hop-by-hop headers from a response about to go to the app.
+pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
+    for name in connection_listed(&resp.headers) {
+        resp.remove_header(&name);
+    }
+    for name in HOP_BY_HOP {
+        resp.remove_header(name);
+    }
+    if !is_upgrade(&resp.headers) {
+        resp.remove_header(&http::header::CONNECTION);
+    }
+}
+
+/// Whether raw request header bytes carry a `Content-Length` line. Pingora silently drops
+/// `Content-Length` when `Transfer-Encoding` is also present; we reject such requests
+/// instead (request smuggling), so we look at what was actually sent.
+pub fn raw_has_content_length(raw: &[u8]) -> bool {
+    raw.split(|&b| b == b'\n')
+        .skip(1)
+        .any(|line| line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+}
+
+/// Keeps a sane incoming `X-Request-Id`, else makes a new `sb-<ULID>`.
+pub fn request_id(incoming: Option<&[u8]>) -> String {
+    match incoming {
+        Some(v)
+            if !v.is_empty() && v.len() <= 200 && v.iter().all(|b| (0x21..=0x7e).contains(b)) =>
+        {
+            String::from_utf8_lossy(v).into_owned()
+        }
+        _ => format!("sb-{}", ulid::Ulid::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        assert_eq!(request_id(Some(b"abc-123")), "abc-123");
+        assert!(request_id(Some(b"has space")).starts_with("sb-"));
+        assert!(request_id(Some(b"")).starts_with("sb-"));
+        assert!(request_id(None).starts_with("sb-"));
+        assert_ne!(request_id(None), request_id(None));
+    }
+
+    #[test]
+    fn raw_content_length_detection() {
+        assert!(raw_has_content_length(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-LENGTH: 5\r\n\r\n"
+        ));
+        assert!(!raw_has_content_length(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Content-Length: 5\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn hop_by_hop_removed() -> Result<(), Box<dyn std::error::Error>> {
+        let mut req = RequestHeader::build("GET", b"/", None)?;
+        req.insert_header("connection", "keep-alive, x-secret-hop")?;
+        req.insert_header("x-secret-hop", "1")?;
+        req.insert_header("keep-alive", "timeout=5")?;
+        req.insert_header("te", "trailers")?;
+        req.insert_header("authorization", "Bearer k")?;
+        strip_request_hop_by_hop(&mut req);
+        assert!(req.headers.get("x-secret-hop").is_none());
+        assert!(req.headers.get("connection").is_none());
+        assert!(req.headers.get("keep-alive").is_none());
+        assert!(req.headers.get("te").is_none());
+        assert!(req.headers.get("authorization").is_some());
+        Ok(())
+    }
+}

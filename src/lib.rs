@@ -1,0 +1,17 @@
+//! Switchboard: a sidecar reverse proxy for telephony and voice-AI vendor APIs.
+//!
+//! Each concern has its own module; [`proxy`] only orchestrates them inside Pingora's hooks.
+//! Vendor knowledge lives in `config/profiles/*.yaml`, never in Rust.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod envelope;
+pub mod headers;
+pub mod lifecycle;
+pub mod metrics;
+pub mod normalize;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod simulator;

@@ -1,0 +1,182 @@
+//! The `switchboard` command line (SPEC §2).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchboard::config::{self, LogFormat};
+use switchboard::demo;
+use switchboard::simulator::{Dialect, Scenario, Simulator};
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Sidecar proxy for telephony and voice-AI APIs"
+)]
+struct Cli {
+    /// Config file to run with.
+    #[arg(long, default_value = "config/switchboard.yaml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Load and validate a config file, print every problem, exit 0/1. Opens no listeners.
+    CheckConfig {
+        /// The file (default: --config).
+        file: Option<PathBuf>,
+    },
+    /// Run the bundled vendor simulator.
+    Simulate {
+        /// Vendor profile whose dialect to speak (`generic` for none).
+        #[arg(long)]
+        vendor: String,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:18080")]
+        listen: String,
+        /// Scenario file (YAML).
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Folder of vendor profiles.
+        #[arg(long, default_value = "config/profiles")]
+        profiles: PathBuf,
+    },
+    /// Simulator + Switchboard in front of it on 127.0.0.1, with curl lines to try.
+    Demo,
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn load(file: &std::path::Path) -> Result<config::Config, ExitCode> {
+    config::load(file).map_err(|e| {
+        eprint!("{e}");
+        ExitCode::from(1)
+    })
+}
+
+fn run(file: &std::path::Path) -> ExitCode {
+    let cfg = match load(file) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_logging(cfg.log.format, &cfg.log.level);
+    match switchboard::server::run(&cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        None => run(&cli.config),
+        Some(Cmd::CheckConfig { file }) => {
+            let file = file.unwrap_or(cli.config);
+            match load(&file) {
+                Ok(cfg) => {
+                    println!("{}: ok ({} vendors)", file.display(), cfg.vendors.len());
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            }
+        }
+        Some(Cmd::Simulate {
+            vendor,
+            listen,
+            scenario,
+            profiles,
+        }) => {
+            init_logging(LogFormat::Text, "info");
+            let scenario = match scenario.as_deref().map(Scenario::load).transpose() {
+                Ok(s) => s.unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("switchboard simulate: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let dialect = match Dialect::load(&profiles, &vendor) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("switchboard simulate: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let addr = match listen.parse() {
+                Ok(a) => a,
+                Err(_) => {
+                    eprintln!(
+                        "switchboard simulate: invalid --listen {listen:?} (expected ip:port)"
+                    );
+                    return ExitCode::from(1);
+                }
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("switchboard simulate: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            rt.block_on(async {
+                match Simulator::start(addr, scenario, dialect, false).await {
+                    Ok(sim) => {
+                        println!("simulator for {vendor} listening on http://{}", sim.addr());
+                        let _ = tokio::signal::ctrl_c().await;
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("switchboard simulate: cannot listen on {addr}: {e}");
+                        ExitCode::from(1)
+                    }
+                }
+            })
+        }
+        Some(Cmd::Demo) => {
+            let cfg = match load(&demo::shipped("config/demo.yaml")) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(cfg.log.format, &cfg.log.level);
+            let scenario = match Scenario::load(&demo::shipped("config/demo-scenario.yaml")) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("switchboard demo: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            if let Err(e) = demo::start_simulator(&cfg, scenario) {
+                eprintln!("switchboard demo: {e}");
+                return ExitCode::from(1);
+            }
+            println!("{}", demo::banner(&cfg));
+            match switchboard::server::run(&cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("switchboard demo: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Prometheus metrics (SPEC §7). One registry per process, owned by the service, never the
+//! global default, so tests can build several in one process.
+//!
+//! Labels are bounded by construction: vendor and endpoint names come from config, codes from
+//! the closed [`Code`] set, methods from a fixed list, statuses are numbers. Never a key, a
+//! phone number or a raw path.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+use crate::envelope::{Code, Source};
+
+/// Buckets suited to vendor API latency: 5 ms to 30 s.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
+];
+
+/// All metric families.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `switchboard_requests_total{vendor,endpoint,method,status}`
+    pub requests: IntCounterVec,
+    /// `switchboard_errors_total{vendor,endpoint,code,source}`
+    pub errors: IntCounterVec,
+    /// `switchboard_request_duration_seconds{vendor,endpoint}`
+    pub request_duration: HistogramVec,
+    /// `switchboard_upstream_duration_seconds{vendor,endpoint}`
+    pub upstream_duration: HistogramVec,
+}
+
+/// Bounded label for an HTTP method.
+pub fn method_label(m: &str) -> &'static str {
+    match m {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+impl Metrics {
+    /// Registers every family. `vendors` lists each vendor with its endpoint labels so that
+    /// every `code` series exists at 0 from start-up.
+    pub fn new(vendors: &[(String, Vec<String>)]) -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "switchboard_requests_total",
+                "Requests answered, by final status",
+            ),
+            &["vendor", "endpoint", "method", "status"],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "switchboard_errors_total",
+                "Error responses, by canonical code and source",
+            ),
+            &["vendor", "endpoint", "code", "source"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "switchboard_request_duration_seconds",
+                "Time from request received to response finished",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["vendor", "endpoint"],
+        )?;
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "switchboard_upstream_duration_seconds",
+                "Time from upstream request sent to response header received, per attempt",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["vendor", "endpoint"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+        for (vendor, endpoints) in vendors {
+            for ep in endpoints {
+                for code in Code::ALL {
+                    for source in [Source::Upstream, Source::Proxy] {
+                        errors.with_label_values(&[vendor, ep, code.as_str(), source.as_str()]);
+                    }
+                }
+            }
+        }
+        Ok(Metrics {
+            registry,
+            requests,
+            errors,
+            request_duration,
+            upstream_duration,
+        })
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let families = self.registry.gather();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_series_exists_at_zero() {
+        let m = Metrics::new(&[("v".into(), vec!["a".into(), "other".into()])])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8(m.render()).unwrap_or_default();
+        for code in Code::ALL {
+            let line = format!(
+                "switchboard_errors_total{{code=\"{}\",endpoint=\"a\",source=\"upstream\",vendor=\"v\"}} 0",
+                code.as_str()
+            );
+            assert!(text.contains(&line), "missing {line}");
+        }
+    }
+}

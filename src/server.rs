@@ -1,0 +1,225 @@
+//! Assembles the Pingora server from a validated [`Config`] and runs it until shutdown.
+//!
+//! Shutdown (SPEC §8): SIGTERM marks the process draining (`/readyz` fails), Pingora stops
+//! accepting, in-flight requests finish, and the process exits 0 as soon as none is left — at
+//! the latest after `shutdown.grace_period`. Pingora's own grace period sleeps unconditionally,
+//! so a watcher thread ends the process once the in-flight count reaches zero. SIGINT exits
+//! at once.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+
+use crate::admin::AdminApp;
+use crate::config::Config;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::proxy::{Switchboard, VendorRuntime};
+use crate::routing::DnsRefresher;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener address cannot be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Which listener.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Metrics registration failed.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+fn check_bind(addr: SocketAddr, what: &str) -> Result<(), StartError> {
+    TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|source| StartError::Bind {
+            addr,
+            what: what.to_string(),
+            source,
+        })
+}
+
+/// Builds every service from `cfg` and runs until shutdown. Blocks the calling thread.
+pub fn run(cfg: &Config) -> Result<(), StartError> {
+    // Pingora retries a busy port for a while and then panics; say it clearly up front.
+    check_bind(cfg.admin.listen, "admin")?;
+    for v in &cfg.vendors {
+        check_bind(v.listen, &format!("vendor {}", v.name))?;
+    }
+
+    let grace = cfg.shutdown.grace_period;
+    let conf = ServerConf {
+        threads: cfg.server.threads,
+        grace_period_seconds: Some(grace.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(1),
+        // A fail-safe only: whether to retry is Switchboard's policy, not Pingora's.
+        max_retries: 16,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let lifecycle = Lifecycle::new();
+    let metrics = Metrics::new(
+        &cfg.vendors
+            .iter()
+            .map(|v| {
+                let labels = crate::routing::Router::new(v.endpoints.clone())
+                    .names()
+                    .map(str::to_string)
+                    .collect();
+                (v.name.clone(), labels)
+            })
+            .collect::<Vec<_>>(),
+    )?;
+    let vendors: Vec<Arc<VendorRuntime>> = cfg
+        .vendors
+        .iter()
+        .map(|v| Arc::new(VendorRuntime::new(v.clone())))
+        .collect();
+    let resolvers = vendors.iter().map(|v| v.resolver.clone()).collect();
+    let listen: Vec<SocketAddr> = cfg.vendors.iter().map(|v| v.listen).collect();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Switchboard::new(vendors, metrics.clone(), lifecycle.clone()),
+        "switchboard",
+    );
+    for addr in &listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    let mut admin = Service::new(
+        "admin".to_string(),
+        AdminApp::new(metrics, lifecycle.clone()),
+    );
+    admin.add_tcp(&cfg.admin.listen.to_string());
+    admin.threads = Some(1);
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(background_service("dns", DnsRefresher::new(resolvers)));
+    server.add_service(background_service(
+        "readiness",
+        Readiness {
+            lifecycle: lifecycle.clone(),
+            listen,
+        },
+    ));
+
+    tracing::info!(
+        vendors = cfg.vendors.len(),
+        admin = %cfg.admin.listen,
+        "switchboard starting"
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals { lifecycle, grace }),
+    });
+    tracing::info!("switchboard stopped");
+    Ok(())
+}
+
+/// Marks the process ready once every vendor listener accepts connections.
+struct Readiness {
+    lifecycle: Arc<Lifecycle>,
+    listen: Vec<SocketAddr>,
+}
+
+#[async_trait]
+impl BackgroundService for Readiness {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        for addr in &self.listen {
+            let target = match addr.ip().is_unspecified() {
+                true => SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port()),
+                false => *addr,
+            };
+            while tokio::net::TcpStream::connect(target).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        self.lifecycle.set_ready();
+        tracing::info!("ready");
+    }
+}
+
+/// SIGTERM: drain then exit; SIGINT: exit now; SIGQUIT: treated as SIGTERM (no hot upgrades).
+struct Signals {
+    lifecycle: Arc<Lifecycle>,
+    grace: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {
+                tracing::info!("SIGINT: exiting now");
+                ShutdownSignal::FastShutdown
+            }
+            _ = term.recv() => self.begin_drain("SIGTERM"),
+            _ = quit.recv() => self.begin_drain("SIGQUIT"),
+        }
+    }
+}
+
+impl Signals {
+    fn begin_drain(&self, which: &str) -> ShutdownSignal {
+        tracing::info!(
+            inflight = self.lifecycle.inflight(),
+            grace_s = self.grace.as_secs_f64(),
+            "{which}: draining"
+        );
+        self.lifecycle.start_draining();
+        let lifecycle = self.lifecycle.clone();
+        let deadline = Instant::now() + self.grace;
+        std::thread::spawn(move || exit_when_drained(&lifecycle, deadline));
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Exits 0 once nothing has been in flight for a short settle time (connections accepted just
+/// before the listeners closed get to start their request), or when the grace period ends.
+fn exit_when_drained(lifecycle: &Lifecycle, deadline: Instant) {
+    let settle = Duration::from_millis(100);
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            tracing::warn!(
+                inflight = lifecycle.inflight(),
+                "grace period over; exiting"
+            );
+            std::process::exit(0);
+        }
+        if lifecycle.inflight() == 0 {
+            let since = *idle_since.get_or_insert(now);
+            if now.duration_since(since) >= settle {
+                tracing::info!("drained; exiting");
+                std::process::exit(0);
+            }
+        } else {
+            idle_since = None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,468 @@
+//! The vendor simulator: a small HTTP/1.1 server that speaks a vendor's error dialect and
+//! follows a scripted [`Scenario`] (statuses, bodies, delays, resets, hangs, garbage,
+//! truncated bodies), recording every request it receives so tests can count what the
+//! vendor saw.
+//!
+//! It is written directly on tokio (with `httparse`) because it must misbehave on purpose in
+//! ways a well-behaved HTTP server library will not: reset mid-body, send garbage, hang.
+//! It is a test and demo tool; it is not on Switchboard's request path.
+
+pub mod dialect;
+pub mod scenario;
+
+pub use dialect::Dialect;
+pub use scenario::{pattern_body, Action, Scenario, Step};
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// A request as the simulator received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Headers in order, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The decoded body.
+    pub body: Vec<u8>,
+    /// When it was fully received.
+    pub at: Instant,
+}
+
+impl Recorded {
+    /// First value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+struct State {
+    scenario: Scenario,
+    dialect: Dialect,
+    /// How many requests each rule has answered.
+    counters: Mutex<Vec<u32>>,
+    log: Mutex<Vec<Recorded>>,
+    quiet: bool,
+}
+
+/// A running simulator. Dropping it stops accepting new connections.
+pub struct Simulator {
+    addr: SocketAddr,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Simulator {
+    /// Binds `listen` (port 0 for an ephemeral port) and serves on the current tokio runtime.
+    pub async fn start(
+        listen: SocketAddr,
+        scenario: Scenario,
+        dialect: Dialect,
+        quiet: bool,
+    ) -> std::io::Result<Simulator> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            counters: Mutex::new(vec![0; scenario.rules.len()]),
+            scenario,
+            dialect,
+            log: Mutex::new(Vec::new()),
+            quiet,
+        });
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let _ = serve_conn(stream, st).await;
+                });
+            }
+        });
+        Ok(Simulator { addr, state, task })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        lock(&self.state.log).clone()
+    }
+
+    /// How many requests were received.
+    pub fn hits(&self) -> usize {
+        lock(&self.state.log).len()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+struct Head {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    close: bool,
+}
+
+async fn serve_conn(mut stream: TcpStream, st: Arc<State>) -> std::io::Result<()> {
+    let mut buf = BytesMut::with_capacity(8192);
+    loop {
+        let Some((head, body)) = read_request(&mut stream, &mut buf).await? else {
+            return Ok(());
+        };
+        let rec = Recorded {
+            method: head.method.clone(),
+            path: head.path.clone(),
+            headers: head.headers.clone(),
+            body,
+            at: Instant::now(),
+        };
+        let step = pick_step(&st, &rec);
+        if !st.quiet {
+            // Never print header values: they carry API keys.
+            println!(
+                "simulator: {} {} ({} body bytes) -> {}",
+                rec.method,
+                rec.path,
+                rec.body.len(),
+                describe(&step)
+            );
+        }
+        lock(&st.log).push(rec.clone());
+        let delay = step.delay();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        match step.action {
+            Action::Reset => {
+                reset(&stream)?;
+                return Ok(());
+            }
+            Action::Close => {
+                stream.shutdown().await?;
+                return Ok(());
+            }
+            Action::Hang => {
+                // Hold the connection until the peer gives up.
+                let mut sink = [0u8; 1024];
+                while stream.read(&mut sink).await? > 0 {}
+                return Ok(());
+            }
+            Action::Garbage => {
+                stream
+                    .write_all(b"\x00\x01garbage \xff\xfe not http\r\n\r\n")
+                    .await?;
+                stream.shutdown().await?;
+                return Ok(());
+            }
+            Action::Respond | Action::Truncate => {}
+        }
+        let (status, headers, body) = build_response(&st, &step, &rec);
+        let mut out = Vec::with_capacity(body.len() + 256);
+        let reason = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Unknown");
+        let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
+        for (k, v) in &headers {
+            let _ = write!(out, "{k}: {v}\r\n");
+        }
+        if step.chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+            for chunk in body.chunks(16 * 1024) {
+                let _ = write!(out, "{:x}\r\n", chunk.len());
+                out.extend_from_slice(chunk);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+        } else {
+            let _ = write!(out, "content-length: {}\r\n\r\n", body.len());
+            let keep = if step.action == Action::Truncate {
+                body.len() / 2
+            } else {
+                body.len()
+            };
+            out.extend_from_slice(&body[..keep]);
+        }
+        stream.write_all(&out).await?;
+        if step.action == Action::Truncate {
+            stream.flush().await?;
+            reset(&stream)?;
+            return Ok(());
+        }
+        if head.close {
+            return Ok(());
+        }
+    }
+}
+
+/// Makes the close an RST. A zero linger never blocks, which is what tokio's deprecation
+/// warns about.
+#[allow(deprecated)]
+fn reset(stream: &TcpStream) -> std::io::Result<()> {
+    stream.set_linger(Some(Duration::ZERO))
+}
+
+fn describe(step: &Step) -> String {
+    match (&step.action, &step.vendor_error) {
+        (Action::Respond, Some(e)) => e.clone(),
+        (Action::Respond, None) => format!("{}", step.status.unwrap_or(200)),
+        (a, _) => format!("{a:?}").to_lowercase(),
+    }
+}
+
+fn pick_step(st: &State, rec: &Recorded) -> Step {
+    let found = st.scenario.rules.iter().position(|r| {
+        r.matcher
+            .method
+            .as_deref()
+            .is_none_or(|m| m.eq_ignore_ascii_case(&rec.method))
+            && r.matcher
+                .path_prefix
+                .as_deref()
+                .is_none_or(|p| rec.path.starts_with(p))
+    });
+    let Some(i) = found else {
+        return st.scenario.default.clone().unwrap_or_else(|| Step {
+            json: Some(serde_json::json!({"ok": true})),
+            ..Step::default()
+        });
+    };
+    let rule = &st.scenario.rules[i];
+    let n = {
+        let mut counters = lock(&st.counters);
+        let n = counters[i];
+        counters[i] = n.saturating_add(1);
+        n
+    };
+    let mut seen = 0u32;
+    for step in &rule.steps {
+        seen = seen.saturating_add(step.repeat.unwrap_or(1).max(1));
+        if n < seen {
+            return step.clone();
+        }
+    }
+    rule.steps.last().cloned().unwrap_or_default()
+}
+
+fn build_response(
+    st: &State,
+    step: &Step,
+    rec: &Recorded,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut status = step.status.unwrap_or(200);
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let mut body: Vec<u8> = Vec::new();
+    let mut ctype = "application/json";
+    if let Some(name) = &step.vendor_error {
+        match st.dialect.examples.get(name) {
+            Some(ex) => {
+                status = step.status.unwrap_or(ex.status);
+                headers.extend(
+                    ex.headers
+                        .iter()
+                        .map(|(k, v)| (k.clone(), dialect::expand(v))),
+                );
+                body = ex.body.clone().into_bytes();
+            }
+            None => {
+                status = 500;
+                body = format!(
+                    "simulator: vendor {:?} has no example {name:?}",
+                    st.dialect.vendor
+                )
+                .into_bytes();
+                ctype = "text/plain";
+            }
+        }
+    }
+    if let Some(b) = &step.body {
+        body = b.clone().into_bytes();
+        if !b.trim_start().starts_with(['{', '[']) {
+            ctype = "text/plain";
+        }
+    }
+    if let Some(j) = &step.json {
+        body = serde_json::to_vec(j).unwrap_or_default();
+    }
+    if let Some(n) = step.body_size {
+        body = pattern_body(n);
+        ctype = "application/octet-stream";
+    }
+    if step.echo {
+        body = rec.body.clone();
+        ctype = "application/octet-stream";
+    }
+    if step.gzip {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        if enc.write_all(&body).is_ok() {
+            if let Ok(z) = enc.finish() {
+                body = z;
+                headers.push(("content-encoding".into(), "gzip".into()));
+            }
+        }
+    }
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
+        headers.push(("content-type".into(), ctype.into()));
+    }
+    headers.extend(
+        step.headers
+            .iter()
+            .map(|(k, v)| (k.clone(), dialect::expand(v))),
+    );
+    (status, headers, body)
+}
+
+/// Reads one request; `None` when the peer closed cleanly between requests.
+async fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> std::io::Result<Option<(Head, Vec<u8>)>> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let (head, head_len) = loop {
+        {
+            let mut headers = [httparse::EMPTY_HEADER; 128];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let hs: Vec<(String, String)> = req
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_ascii_lowercase(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect();
+                    let close = hs
+                        .iter()
+                        .any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"));
+                    break (
+                        Head {
+                            method: req.method.unwrap_or("").to_string(),
+                            path: req.path.unwrap_or("").to_string(),
+                            headers: hs,
+                            close,
+                        },
+                        len,
+                    );
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(_) => return Err(bad("malformed request")),
+            }
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(bad("request head too large"));
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(bad("eof in head"))
+            };
+        }
+    };
+    buf.advance(head_len);
+    let chunked = head
+        .headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
+    let body = if chunked {
+        read_chunked(stream, buf).await?
+    } else {
+        let len: usize = head
+            .headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0);
+        if len > MAX_BODY {
+            return Err(bad("body too large"));
+        }
+        while buf.len() < len {
+            if stream.read_buf(buf).await? == 0 {
+                return Err(bad("eof in body"));
+            }
+        }
+        buf.split_to(len).to_vec()
+    };
+    Ok(Some((head, body)))
+}
+
+async fn read_chunked(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<Vec<u8>> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let mut body = Vec::new();
+    loop {
+        let line_end = loop {
+            if let Some(p) = buf.windows(2).position(|w| w == b"\r\n") {
+                break p;
+            }
+            if buf.len() > 1024 || stream.read_buf(buf).await? == 0 {
+                return Err(bad("bad chunk size line"));
+            }
+        };
+        let line = String::from_utf8_lossy(&buf[..line_end]).to_string();
+        let size_hex = line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_hex, 16).map_err(|_| bad("bad chunk size"))?;
+        buf.advance(line_end + 2);
+        if size == 0 {
+            // Trailers (ignored) up to the empty line.
+            loop {
+                if let Some(p) = buf.windows(2).position(|w| w == b"\r\n") {
+                    buf.advance(p + 2);
+                    if p == 0 {
+                        return Ok(body);
+                    }
+                    continue;
+                }
+                if stream.read_buf(buf).await? == 0 {
+                    return Err(bad("eof in trailers"));
+                }
+            }
+        }
+        if body.len() + size > MAX_BODY {
+            return Err(bad("body too large"));
+        }
+        while buf.len() < size + 2 {
+            if stream.read_buf(buf).await? == 0 {
+                return Err(bad("eof in chunk"));
+            }
+        }
+        body.extend_from_slice(&buf[..size]);
+        buf.advance(size + 2);
+    }
+}

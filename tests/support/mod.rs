@@ -1,0 +1,374 @@
+//! Shared test support: the real `switchboard` binary started on ephemeral ports, the
+//! in-process vendor simulator, and a raw HTTP/1.1 client that can send malformed requests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use switchboard::simulator::{Dialect, Scenario, Simulator};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Starts the simulator for `vendor` with a scenario given as YAML.
+pub async fn sim(vendor: &str, scenario_yaml: &str) -> Simulator {
+    let scenario = Scenario::from_yaml(scenario_yaml).expect("scenario");
+    let dialect = Dialect::load(&root().join("config/profiles"), vendor).expect("dialect");
+    Simulator::start("127.0.0.1:0".parse().unwrap(), scenario, dialect, true)
+        .await
+        .expect("simulator")
+}
+
+/// A running switchboard process, killed on drop.
+pub struct Sb {
+    pub child: Child,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Sb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Config preamble: admin on a free port, profiles from the repo.
+pub fn preamble(admin_port: u16, grace: &str) -> String {
+    format!(
+        "admin: {{ listen: 127.0.0.1:{admin_port} }}\nshutdown: {{ grace_period: {grace} }}\nlog: {{ level: warn }}\nprofiles_dir: {}\n",
+        root().join("config/profiles").display()
+    )
+}
+
+impl Sb {
+    /// Starts the binary with this vendor list (YAML under `vendors:`), waits until ready.
+    pub fn start(vendors_yaml: &str) -> Sb {
+        Self::start_with(vendors_yaml, "5s", &[])
+    }
+
+    /// Like [`Sb::start`], with a grace period and extra environment.
+    pub fn start_with(vendors_yaml: &str, grace: &str, env: &[(&str, String)]) -> Sb {
+        let admin_port = free_port();
+        let text = format!("{}vendors:\n{vendors_yaml}", preamble(admin_port, grace));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("switchboard.yaml");
+        std::fs::write(&file, text).expect("write config");
+        let mut admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+        for (k, v) in env {
+            if *k == "SWITCHBOARD__ADMIN__LISTEN" {
+                admin = v.parse().unwrap();
+            }
+        }
+        let log = std::fs::File::create(dir.path().join("stderr.log")).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg("--config")
+            .arg(&file)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn switchboard");
+        let mut sb = Sb { child, admin, dir };
+        sb.wait_ready();
+        sb
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("switchboard exited early ({status}):\n{}", self.stderr());
+            }
+            if let Ok(r) = blocking_get(self.admin, "/readyz") {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("switchboard not ready in 30s:\n{}", self.stderr());
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit, returning its exit code and how long it took.
+    pub fn wait_exit(&mut self, limit: Duration) -> (Option<i32>, Duration) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return (status.code(), start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "switchboard did not exit within {limit:?}:\n{}",
+            self.stderr()
+        );
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The body ended early (connection closed before the declared length).
+    pub truncated: bool,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Builds a request with Content-Length (when a body is given) and Host.
+pub fn request(method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Vec<u8> {
+    let mut out = format!("{method} {path} HTTP/1.1\r\n").into_bytes();
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        out.extend_from_slice(b"Host: app.local\r\n");
+    }
+    for (k, v) in headers {
+        out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    if let Some(b) = body {
+        out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", b.len()).as_bytes());
+        out.extend_from_slice(b);
+    } else {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// A client connection, for keep-alive tests.
+pub struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    pub async fn open(addr: SocketAddr) -> Conn {
+        Conn {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, raw: &[u8]) -> std::io::Result<Resp> {
+        self.stream.write_all(raw).await?;
+        self.read_response().await
+    }
+
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        let mut chunk = [0u8; 65536];
+        let n = self.stream.read(&mut chunk).await?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    pub async fn read_response(&mut self) -> std::io::Result<Resp> {
+        let eof = || {
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before a response",
+            )
+        };
+        let (status, headers, head_len) = loop {
+            let mut hs = [httparse::EMPTY_HEADER; 64];
+            let mut r = httparse::Response::new(&mut hs);
+            match r.parse(&self.buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let headers = r
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_ascii_lowercase(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect::<Vec<_>>();
+                    break (r.code.unwrap_or(0), headers, n);
+                }
+                Ok(httparse::Status::Partial) => {
+                    if self.fill().await? == 0 {
+                        return Err(eof());
+                    }
+                }
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        e.to_string(),
+                    ))
+                }
+            }
+        };
+        self.buf.drain(..head_len);
+        let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let mut truncated = false;
+        let body = if status == 204 || status == 304 {
+            Vec::new()
+        } else if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            let mut body = Vec::new();
+            loop {
+                let pos = loop {
+                    if let Some(p) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                        break Some(p);
+                    }
+                    if self.fill().await? == 0 {
+                        break None;
+                    }
+                };
+                let Some(p) = pos else {
+                    truncated = true;
+                    break;
+                };
+                let size =
+                    usize::from_str_radix(String::from_utf8_lossy(&self.buf[..p]).trim(), 16)
+                        .unwrap_or(0);
+                self.buf.drain(..p + 2);
+                if size == 0 {
+                    while self.buf.len() < 2 && self.fill().await? > 0 {}
+                    self.buf.drain(..self.buf.len().min(2));
+                    break;
+                }
+                while self.buf.len() < size + 2 {
+                    if self.fill().await? == 0 {
+                        truncated = true;
+                        break;
+                    }
+                }
+                if truncated {
+                    body.append(&mut self.buf);
+                    break;
+                }
+                body.extend(self.buf.drain(..size));
+                self.buf.drain(..2);
+            }
+            body
+        } else if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            while self.buf.len() < len {
+                match self.fill().await {
+                    Ok(0) | Err(_) => {
+                        truncated = true;
+                        break;
+                    }
+                    Ok(_) => {}
+                }
+            }
+            let n = len.min(self.buf.len());
+            self.buf.drain(..n).collect()
+        } else {
+            while let Ok(n) = self.fill().await {
+                if n == 0 {
+                    break;
+                }
+            }
+            self.buf.drain(..).collect()
+        };
+        Ok(Resp {
+            status,
+            headers,
+            body,
+            truncated,
+        })
+    }
+}
+
+/// One request on a fresh connection.
+pub async fn send(addr: SocketAddr, raw: &[u8]) -> Resp {
+    Conn::open(addr).await.send(raw).await.expect("response")
+}
+
+/// A plain GET on a fresh connection.
+pub async fn get(addr: SocketAddr, path: &str) -> Resp {
+    send(addr, &request("GET", path, &[], None)).await
+}
+
+/// A blocking GET (for use outside a runtime).
+pub fn blocking_get(addr: SocketAddr, path: &str) -> std::io::Result<Resp> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let mut hs = [httparse::EMPTY_HEADER; 64];
+    let mut r = httparse::Response::new(&mut hs);
+    let n = match r.parse(&buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "bad response",
+            ))
+        }
+    };
+    Ok(Resp {
+        status: r.code.unwrap_or(0),
+        headers: Vec::new(),
+        body: buf[n..].to_vec(),
+        truncated: false,
+    })
+}
+
+/// A vendor entry for the config, pointing at `upstream`.
+pub fn vendor_yaml(name: &str, port: u16, upstream: &str, extra: &str) -> String {
+    format!("  - name: {name}\n    listen: 127.0.0.1:{port}\n    upstream: {upstream}\n{extra}")
+}
+
+/// Address of a local listener port.
+pub fn local(port: u16) -> SocketAddr {
+    format!("127.0.0.1:{port}").parse().unwrap()
+}
+
+/// Files under a folder with an extension, sorted.
+pub fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.retain(|p| p.extension().is_some_and(|e| e == ext));
+    v.sort();
+    v
+}
