@@ -43,6 +43,12 @@ enum Cmd {
         /// Folder of vendor profiles.
         #[arg(long, default_value = "config/profiles")]
         profiles: PathBuf,
+        /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// Private key (PEM) for --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Simulator + Switchboard in front of it on 127.0.0.1, with curl lines to try.
     Demo,
@@ -102,6 +108,8 @@ fn main() -> ExitCode {
             listen,
             scenario,
             profiles,
+            tls_cert,
+            tls_key,
         }) => {
             init_logging(LogFormat::Text, "info");
             let scenario = match scenario.as_deref().map(Scenario::load).transpose() {
@@ -139,9 +147,14 @@ fn main() -> ExitCode {
                 }
             };
             rt.block_on(async {
-                match Simulator::start(addr, scenario, dialect, false).await {
+                let tls = tls_cert.as_deref().zip(tls_key.as_deref());
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                match Simulator::start_tls(addr, scenario, dialect, false, tls).await {
                     Ok(sim) => {
-                        println!("simulator for {vendor} listening on http://{}", sim.addr());
+                        println!(
+                            "simulator for {vendor} listening on {scheme}://{}",
+                            sim.addr()
+                        );
                         let _ = tokio::signal::ctrl_c().await;
                         ExitCode::SUCCESS
                     }

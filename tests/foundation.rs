@@ -529,3 +529,72 @@ fn a_busy_port_is_a_clear_startup_error() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let (sim, _sb, addr) = setup(ECHO, "").await;
+    for _ in 0..5 {
+        assert_eq!(get(addr, "/v1/calls").await.status, 200);
+    }
+    assert_eq!(sim.hits(), 5);
+    assert_eq!(
+        sim.connections(),
+        1,
+        "5 sequential requests should share one pooled upstream connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_uses_rustls_with_ssl_cert_file() {
+    let sim = tls_sim(ECHO).await;
+    let port = free_port();
+    let upstream = format!("https://localhost:{}", sim.addr().port());
+    let ca = root()
+        .join("tests/fixtures/tls/ca.pem")
+        .display()
+        .to_string();
+    let _sb = Sb::start_with(
+        &vendor_yaml(
+            "tryvox",
+            port,
+            &upstream,
+            "    timeouts: { connect: 2s, response: 2s }\n",
+        ),
+        "5s",
+        &[("SSL_CERT_FILE", ca)],
+    );
+    let r = send(
+        local(port),
+        &request("POST", "/v1/calls", &[], Some(b"{\"to\":\"+1\"}")),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, b"{\"to\":\"+1\"}");
+    let seen = sim.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].header("host"),
+        Some(format!("localhost:{}", sim.addr().port()).as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_upstream_certificate_is_upstream_unavailable() {
+    let sim = tls_sim(ECHO).await;
+    let port = free_port();
+    let upstream = format!("https://localhost:{}", sim.addr().port());
+    // No SSL_CERT_FILE: the system store does not trust the test CA.
+    let _sb = Sb::start(&vendor_yaml(
+        "tryvox",
+        port,
+        &upstream,
+        "    timeouts: { connect: 2s, response: 2s }\n",
+    ));
+    let r = get(local(port), "/v1/calls").await;
+    let v = assert_envelope(&r, "upstream_unavailable", 503);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("TLS"),
+        "{v}"
+    );
+    assert_eq!(sim.hits(), 0);
+}

@@ -15,12 +15,15 @@ pub use scenario::{pattern_body, Action, Scenario, Step};
 
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -56,6 +59,7 @@ struct State {
     /// How many requests each rule has answered.
     counters: Mutex<Vec<u32>>,
     log: Mutex<Vec<Recorded>>,
+    connections: AtomicUsize,
     quiet: bool,
 }
 
@@ -73,13 +77,27 @@ impl Drop for Simulator {
 }
 
 impl Simulator {
-    /// Binds `listen` (port 0 for an ephemeral port) and serves on the current tokio runtime.
+    /// Binds `listen` (port 0 for an ephemeral port) and serves plain HTTP on the current
+    /// tokio runtime.
     pub async fn start(
         listen: SocketAddr,
         scenario: Scenario,
         dialect: Dialect,
         quiet: bool,
     ) -> std::io::Result<Simulator> {
+        Self::start_tls(listen, scenario, dialect, quiet, None).await
+    }
+
+    /// Like [`Simulator::start`], serving HTTPS when `tls` (certificate chain and key, PEM
+    /// files) is given.
+    pub async fn start_tls(
+        listen: SocketAddr,
+        scenario: Scenario,
+        dialect: Dialect,
+        quiet: bool,
+        tls: Option<(&Path, &Path)>,
+    ) -> std::io::Result<Simulator> {
+        let acceptor = tls.map(|(c, k)| acceptor(c, k)).transpose()?;
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
@@ -87,6 +105,7 @@ impl Simulator {
             scenario,
             dialect,
             log: Mutex::new(Vec::new()),
+            connections: AtomicUsize::new(0),
             quiet,
         });
         let st = state.clone();
@@ -95,9 +114,20 @@ impl Simulator {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                st.connections.fetch_add(1, Ordering::SeqCst);
                 let st = st.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let _ = serve_conn(stream, st).await;
+                    match acceptor {
+                        None => {
+                            let _ = serve_conn(stream, st).await;
+                        }
+                        Some(a) => {
+                            if let Ok(tls) = a.accept(stream).await {
+                                let _ = serve_conn(tls, st).await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -118,6 +148,46 @@ impl Simulator {
     pub fn hits(&self) -> usize {
         lock(&self.state.log).len()
     }
+
+    /// How many connections were accepted (to see upstream keep-alive at work).
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+}
+
+fn acceptor(cert: &Path, key: &Path) -> std::io::Result<TlsAcceptor> {
+    use tokio_rustls::rustls;
+    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(cert)?))
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(std::fs::File::open(key)?))?
+        .ok_or_else(|| bad(format!("no private key in {}", key.display())))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| bad(e.to_string()))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Streams the simulator can serve on; `arm_reset` makes the coming close an RST.
+trait Conn: AsyncRead + AsyncWrite + Unpin {
+    fn arm_reset(&self) -> std::io::Result<()>;
+}
+
+impl Conn for TcpStream {
+    fn arm_reset(&self) -> std::io::Result<()> {
+        reset(self)
+    }
+}
+
+impl Conn for tokio_rustls::server::TlsStream<TcpStream> {
+    fn arm_reset(&self) -> std::io::Result<()> {
+        reset(self.get_ref().0)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -134,7 +204,7 @@ struct Head {
     close: bool,
 }
 
-async fn serve_conn(mut stream: TcpStream, st: Arc<State>) -> std::io::Result<()> {
+async fn serve_conn<S: Conn>(mut stream: S, st: Arc<State>) -> std::io::Result<()> {
     let mut buf = BytesMut::with_capacity(8192);
     loop {
         let Some((head, body)) = read_request(&mut stream, &mut buf).await? else {
@@ -165,7 +235,7 @@ async fn serve_conn(mut stream: TcpStream, st: Arc<State>) -> std::io::Result<()
         }
         match step.action {
             Action::Reset => {
-                reset(&stream)?;
+                stream.arm_reset()?;
                 return Ok(());
             }
             Action::Close => {
@@ -217,7 +287,7 @@ async fn serve_conn(mut stream: TcpStream, st: Arc<State>) -> std::io::Result<()
         stream.write_all(&out).await?;
         if step.action == Action::Truncate {
             stream.flush().await?;
-            reset(&stream)?;
+            stream.arm_reset()?;
             return Ok(());
         }
         if head.close {
@@ -347,8 +417,8 @@ fn build_response(
 }
 
 /// Reads one request; `None` when the peer closed cleanly between requests.
-async fn read_request(
-    stream: &mut TcpStream,
+async fn read_request<S: Conn>(
+    stream: &mut S,
     buf: &mut BytesMut,
 ) -> std::io::Result<Option<(Head, Vec<u8>)>> {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
@@ -423,7 +493,7 @@ async fn read_request(
     Ok(Some((head, body)))
 }
 
-async fn read_chunked(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<Vec<u8>> {
+async fn read_chunked<S: Conn>(stream: &mut S, buf: &mut BytesMut) -> std::io::Result<Vec<u8>> {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
     let mut body = Vec::new();
     loop {

@@ -372,3 +372,19 @@ pub fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
     v.sort();
     v
 }
+
+/// Starts an HTTPS simulator with the test certificate (`tests/fixtures/tls`).
+pub async fn tls_sim(scenario_yaml: &str) -> Simulator {
+    let scenario = Scenario::from_yaml(scenario_yaml).expect("scenario");
+    let dir = root().join("tests/fixtures/tls");
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    Simulator::start_tls(
+        "127.0.0.1:0".parse().unwrap(),
+        scenario,
+        Dialect::default(),
+        true,
+        Some((cert.as_path(), key.as_path())),
+    )
+    .await
+    .expect("tls simulator")
+}
