@@ -4,6 +4,7 @@
 //! Vendor knowledge lives in `config/profiles/*.yaml`, never in Rust.
 
 pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod envelope;

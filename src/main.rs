@@ -50,6 +50,26 @@ enum Cmd {
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
     },
+    /// Print the canonical envelope for one captured vendor response (no network).
+    Normalize {
+        /// Vendor profile (`generic` for the detector alone).
+        #[arg(long)]
+        vendor: String,
+        /// The vendor's HTTP status.
+        #[arg(long)]
+        status: u16,
+        /// A vendor response header, `Name: value` (repeatable).
+        #[arg(long = "header", value_name = "K: V")]
+        headers: Vec<String>,
+        /// Request path (for path-scoped profile rules).
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// Folder of vendor profiles.
+        #[arg(long, default_value = "config/profiles")]
+        profiles: PathBuf,
+        /// The body file, or `-` for stdin (default: empty body).
+        file: Option<PathBuf>,
+    },
     /// Simulator + Switchboard in front of it on 127.0.0.1, with curl lines to try.
     Demo,
 }
@@ -165,6 +185,30 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Some(Cmd::Normalize {
+            vendor,
+            status,
+            headers,
+            path,
+            profiles,
+            file,
+        }) => match switchboard::cli::normalize(
+            &vendor,
+            status,
+            &headers,
+            &path,
+            &profiles,
+            file.as_deref(),
+        ) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("switchboard normalize: {e}");
+                ExitCode::from(1)
+            }
+        },
         Some(Cmd::Demo) => {
             let cfg = match load(&demo::shipped("config/demo.yaml")) {
                 Ok(c) => c,

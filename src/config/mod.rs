@@ -8,6 +8,7 @@ mod model;
 mod raw;
 mod values;
 
+pub(crate) use model::typed;
 pub use model::*;
 pub use values::{parse_duration, parse_size};
 

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -11,6 +12,7 @@ use serde_json::Value;
 use super::raw::*;
 use super::values::{parse_duration, parse_size};
 use super::Problems;
+use crate::normalize::Profile;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -81,6 +83,10 @@ pub struct Vendor {
     pub upstream: Upstream,
     /// Profile name (`<profiles_dir>/<profile>.yaml`), if any.
     pub profile: Option<String>,
+    /// The compiled profile (the generic detector alone when none is named).
+    pub dialect: Arc<Profile>,
+    /// Forward vendor errors untouched instead of normalising them (for migrations).
+    pub passthrough_errors: bool,
     /// Upstream timeouts.
     pub timeouts: Timeouts,
     /// Named endpoints, matched in order; unmatched requests are `other`.
@@ -283,19 +289,34 @@ fn vendor(
             None
         }
     };
+    let mut dialect = Arc::new(Profile::generic());
     if let Some(profile) = &raw.profile {
         let file = profiles_dir.join(format!("{profile}.yaml"));
+        let shown = pathdiff(&file, base_dir);
         if !valid_name(profile) {
             p.push(
                 format!("{path}.profile"),
                 format!("invalid profile name {profile:?}"),
             );
         } else if !file.is_file() {
-            let shown = pathdiff(&file, base_dir);
             p.push(
                 format!("{path}.profile"),
                 format!("profile {profile:?} not found (looked for {shown})"),
             );
+        } else {
+            match Profile::load(profiles_dir, profile) {
+                Ok(compiled) => dialect = Arc::new(compiled),
+                Err(problems) => {
+                    for (at, msg) in problems {
+                        let at = if at.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{at}: ")
+                        };
+                        p.push(format!("{path}.profile"), format!("{shown}: {at}{msg}"));
+                    }
+                }
+            }
         }
     }
     let t = &raw.timeouts;
@@ -387,6 +408,8 @@ fn vendor(
         listen: listen?,
         upstream: upstream?,
         profile: raw.profile,
+        dialect,
+        passthrough_errors: raw.passthrough_errors,
         timeouts,
         endpoints,
         max_request_body,

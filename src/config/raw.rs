@@ -62,6 +62,8 @@ pub struct RawVendor {
     pub endpoints: Vec<RawEndpoint>,
     pub max_request_body: Option<Value>,
     pub dns_refresh: Option<String>,
+    #[serde(default)]
+    pub passthrough_errors: bool,
 }
 
 /// `vendors[].timeouts:`

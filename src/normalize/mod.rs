@@ -1,6 +1,300 @@
-//! Normalisation: turning whatever went wrong into the canonical envelope's code.
+//! Normalisation: whatever went wrong becomes the canonical envelope.
 //!
-//! `transport` classifies failures Switchboard saw itself (connect, DNS, TLS, timeouts, lost
-//! responses). Vendor error *bodies* are mapped by vendor profiles (a later stage).
+//! - [`normalize`] turns one vendor error response (status, headers, body bytes) into an
+//!   envelope, using the vendor's [`Profile`] first and the generic detector for whatever the
+//!   profile leaves open. It is pure (no I/O), total (any bytes in, a valid envelope out) and
+//!   bounded (decompression and stored bodies are capped).
+//! - [`transport`] classifies failures where no usable response arrived.
+//!
+//! Approximate by nature: the generic detector guesses from common shapes and keywords;
+//! profiles make a vendor exact.
 
+pub mod classify;
+pub mod detect;
+pub mod hints;
+pub mod profile;
 pub mod transport;
+
+pub use profile::Profile;
+
+use std::borrow::Cow;
+use std::io::Read;
+use std::time::SystemTime;
+
+use http::HeaderMap;
+use serde_json::Value;
+
+use crate::envelope::{cap_message, Code, Envelope, ErrorBody, Source, UpstreamInfo};
+
+/// Most bytes of an error body Switchboard reads (and decompresses to).
+pub const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Most bytes of the vendor body kept in `upstream.body`.
+pub const MAX_KEPT_BODY: usize = 16 * 1024;
+
+/// One vendor response to normalise.
+#[derive(Debug, Clone, Copy)]
+pub struct VendorResponse<'a> {
+    /// Vendor HTTP status.
+    pub status: u16,
+    /// Vendor response headers.
+    pub headers: &'a HeaderMap,
+    /// The body bytes read (at most [`MAX_ERROR_BODY`]).
+    pub body: &'a [u8],
+    /// More body followed than was read.
+    pub truncated: bool,
+    /// The request path (some profile rules match on it).
+    pub path: &'a str,
+}
+
+/// The outcome: the envelope plus what the retry policy needs to know.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalized {
+    /// The canonical envelope.
+    pub envelope: Envelope,
+    /// The profile says whether the vendor processed the request; `None` = not said.
+    pub unprocessed: Option<bool>,
+}
+
+/// Decompresses a gzip/deflate body, never past [`MAX_ERROR_BODY`]; `true` when cut.
+fn decoded<'a>(headers: &HeaderMap, body: &'a [u8]) -> (Cow<'a, [u8]>, bool) {
+    let enc = headers
+        .get(http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let limit = MAX_ERROR_BODY as u64;
+    let mut out = Vec::new();
+    let result = match enc.as_str() {
+        "gzip" | "x-gzip" => flate2::read::MultiGzDecoder::new(body)
+            .take(limit + 1)
+            .read_to_end(&mut out),
+        "deflate" => flate2::read::ZlibDecoder::new(body)
+            .take(limit + 1)
+            .read_to_end(&mut out),
+        _ => return (Cow::Borrowed(body), false),
+    };
+    match result {
+        Ok(_) => {
+            let cut = out.len() > MAX_ERROR_BODY;
+            out.truncate(MAX_ERROR_BODY);
+            (Cow::Owned(out), cut)
+        }
+        // Not really compressed (or corrupt): read it as it came.
+        Err(_) if out.is_empty() => (Cow::Borrowed(body), false),
+        Err(_) => (Cow::Owned(out), true),
+    }
+}
+
+fn kept_body(bytes: &[u8], doc: Option<&Value>, cut: bool) -> Value {
+    if let (Some(doc), false) = (doc, cut) {
+        if bytes.len() <= MAX_KEPT_BODY {
+            return doc.clone();
+        }
+    }
+    if bytes.is_empty() && !cut {
+        return Value::String(String::new());
+    }
+    let mut end = bytes.len().min(MAX_KEPT_BODY);
+    let text = loop {
+        match std::str::from_utf8(&bytes[..end]) {
+            Ok(s) => break Cow::Borrowed(s),
+            // Cut on a char boundary when the body is valid UTF-8 up to there.
+            Err(e) if e.valid_up_to() > 0 && e.error_len().is_none() => end = e.valid_up_to(),
+            Err(_) => break String::from_utf8_lossy(&bytes[..end]),
+        }
+    };
+    let mut s = text.into_owned();
+    if cut || bytes.len() > MAX_KEPT_BODY {
+        s.push_str(&format!(
+            "…[truncated by switchboard: kept {} of {}{} bytes]",
+            end,
+            bytes.len(),
+            if cut { "+" } else { "" }
+        ));
+    }
+    Value::String(s)
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+fn parse_json(bytes: &[u8]) -> Option<Value> {
+    let start = bytes.iter().position(|b| !b.is_ascii_whitespace())?;
+    matches!(bytes[start], b'{' | b'[').then(|| serde_json::from_slice(bytes).ok())?
+}
+
+/// Builds the envelope for a vendor error response.
+pub fn normalize(
+    profile: &Profile,
+    vendor: &str,
+    request_id: &str,
+    resp: &VendorResponse<'_>,
+    now: SystemTime,
+) -> Normalized {
+    build(profile, vendor, request_id, resp, now, None)
+}
+
+/// For a 2xx response that a profile rule may declare an error: the envelope when it does.
+pub fn success_error(
+    profile: &Profile,
+    vendor: &str,
+    request_id: &str,
+    resp: &VendorResponse<'_>,
+    now: SystemTime,
+) -> Option<Normalized> {
+    let (bytes, _) = decoded(resp.headers, resp.body);
+    let doc = parse_json(&bytes)?;
+    let rule = profile.success_errors.iter().find(|r| {
+        r.matcher.matches(resp.status, None, "", resp.path)
+            && doc
+                .pointer(&r.pointer)
+                .is_some_and(|v| r.equals.contains(v))
+    })?;
+    let forced = rule.code;
+    Some(build(profile, vendor, request_id, resp, now, Some(forced)))
+}
+
+fn build(
+    profile: &Profile,
+    vendor: &str,
+    request_id: &str,
+    resp: &VendorResponse<'_>,
+    now: SystemTime,
+    forced: Option<Option<Code>>,
+) -> Normalized {
+    let (bytes, decode_cut) = decoded(resp.headers, resp.body);
+    let cut = resp.truncated || decode_cut;
+    let doc = parse_json(&bytes);
+    let extracted = match &doc {
+        Some(d) => detect::from_json(d, resp.headers, profile, resp.status),
+        None => detect::from_text(
+            &String::from_utf8_lossy(&bytes),
+            resp.headers,
+            profile,
+            &content_type(resp.headers),
+        ),
+    };
+    let message_lower = extracted.message.as_deref().unwrap_or("").to_lowercase();
+    let vcode = extracted.code.as_deref();
+    let mapping = profile
+        .rules
+        .iter()
+        .find(|r| {
+            r.matcher
+                .matches(resp.status, vcode, &message_lower, resp.path)
+        })
+        .map(|r| r.mapping)
+        .or_else(|| vcode.and_then(|c| profile.codes.get(c).copied()));
+    let code = match (forced, mapping) {
+        (Some(Some(c)), _) => c,
+        (_, Some(m)) => m.code,
+        _ => classify::canonical(resp.status, vcode, extracted.message.as_deref()),
+    };
+    let retry_after_s = hints::hint(resp.headers, profile, now)
+        .or_else(|| mapping.and_then(|m| m.retry_after).map(|d| d.as_secs()));
+    let retryable = mapping
+        .and_then(|m| m.retryable)
+        .unwrap_or_else(|| code.default_retryable(Some(resp.status)));
+    let message = extracted.message.clone().unwrap_or_else(|| {
+        let reason = http::StatusCode::from_u16(resp.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        format!("vendor answered HTTP {} {reason}", resp.status)
+            .trim_end()
+            .to_string()
+    });
+    let envelope = Envelope {
+        error: ErrorBody {
+            code,
+            message: cap_message(message),
+            retryable,
+            retry_after_s,
+            details: extracted.details,
+            source: Source::Upstream,
+            vendor: vendor.to_string(),
+            attempts: 1,
+            upstream: Some(UpstreamInfo {
+                status: resp.status,
+                code: extracted.code,
+                request_id: extracted.request_id,
+                body: kept_body(&bytes, doc.as_ref(), cut),
+            }),
+        },
+        request_id: request_id.to_string(),
+    };
+    Normalized {
+        envelope,
+        unprocessed: mapping.and_then(|m| m.unprocessed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(status: u16, body: &[u8], headers: &HeaderMap) -> Envelope {
+        let resp = VendorResponse {
+            status,
+            headers,
+            body,
+            truncated: false,
+            path: "/",
+        };
+        normalize(&Profile::generic(), "v", "sb-1", &resp, SystemTime::now()).envelope
+    }
+
+    #[test]
+    fn empty_body_uses_the_status() {
+        let e = norm(503, b"", &HeaderMap::new());
+        assert_eq!(e.error.code, Code::UpstreamUnavailable);
+        assert_eq!(
+            e.error.message,
+            "vendor answered HTTP 503 Service Unavailable"
+        );
+        assert_eq!(e.status(), 503);
+    }
+
+    #[test]
+    fn gzip_bodies_are_read() {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let _ = enc.write_all(br#"{"error":{"code":"NOT_FOUND","message":"gone"}}"#);
+        let z = enc.finish().unwrap_or_default();
+        let mut h = HeaderMap::new();
+        h.insert("content-encoding", http::HeaderValue::from_static("gzip"));
+        let e = norm(404, &z, &h);
+        assert_eq!(e.error.message, "gone");
+        assert_eq!(
+            e.error.upstream.map(|u| u.code),
+            Some(Some("NOT_FOUND".into()))
+        );
+    }
+
+    #[test]
+    fn gzip_bomb_is_capped() {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let _ = enc.write_all(&vec![b'a'; 10 * 1024 * 1024]);
+        let z = enc.finish().unwrap_or_default();
+        let mut h = HeaderMap::new();
+        h.insert("content-encoding", http::HeaderValue::from_static("gzip"));
+        let e = norm(500, &z, &h);
+        let body = e.error.upstream.map(|u| u.body).unwrap_or_default();
+        let s = body.as_str().unwrap_or("");
+        assert!(s.len() < MAX_KEPT_BODY + 200);
+        assert!(s.contains("truncated by switchboard"));
+    }
+
+    #[test]
+    fn invalid_utf8_is_kept_lossy() {
+        let e = norm(500, b"\xff\xfe oops \xc3", &HeaderMap::new());
+        assert_eq!(e.error.code, Code::InternalError);
+        assert!(serde_json::to_vec(&e).is_ok());
+    }
+}

@@ -1,0 +1,304 @@
+//! The generic mapping from (vendor status, vendor code, message) to a canonical code, used
+//! when no profile rule or code entry matched.
+//!
+//! The status decides the family; words in the vendor's code and message refine it where a
+//! status is ambiguous (400/403/422/429/502). Words are matched at word starts after
+//! splitting `snake_case`, `kebab-case` and `camelCase`, so `INSUFFICIENT_BALANCE`,
+//! `insufficientBalance` and "Insufficient balance" all read the same.
+
+use crate::envelope::Code;
+
+/// Keyword families, most specific first. Each phrase matches at a word start.
+const FAMILIES: &[(Code, &[&str])] = &[
+    (
+        Code::TooManyAttempts,
+        &[
+            "max attempts",
+            "maximum attempts",
+            "too many attempts",
+            "too many check attempts",
+            "attempts exceeded",
+            "attempt limit",
+        ],
+    ),
+    (
+        Code::ConsentRequired,
+        &[
+            "consent",
+            "opt out",
+            "opted out",
+            "optout",
+            "unsubscribed",
+            "not verified",
+            "unverified",
+            "do not call",
+            "dnc",
+            "compliance",
+        ],
+    ),
+    (
+        Code::InsufficientCredits,
+        &[
+            "insufficient",
+            "balance",
+            "credit",
+            "billing",
+            "funds",
+            "top up",
+            "payment",
+            "quota exceeded",
+        ],
+    ),
+    (
+        Code::AuthenticationFailed,
+        &[
+            "unauthorized",
+            "unauthorised",
+            "unauthenticated",
+            "authentication",
+            "api key",
+            "apikey",
+            "invalid token",
+            "expired token",
+            "token expired",
+            "invalid credentials",
+            "access token",
+        ],
+    ),
+    (
+        Code::PermissionDenied,
+        &[
+            "forbidden",
+            "permission",
+            "not allowed",
+            "access denied",
+            "not authorized to",
+            "insufficient scope",
+        ],
+    ),
+    (
+        Code::VerificationFailed,
+        &[
+            "verification code",
+            "verification failed",
+            "invalid code",
+            "wrong code",
+            "incorrect code",
+            "otp",
+        ],
+    ),
+    (
+        Code::NotFound,
+        &[
+            "not found",
+            "does not exist",
+            "not exist",
+            "no such",
+            "unknown resource",
+        ],
+    ),
+    (
+        Code::Conflict,
+        &[
+            "already exists",
+            "already in use",
+            "already taken",
+            "duplicate",
+            "conflict",
+        ],
+    ),
+    (
+        Code::RateLimited,
+        &[
+            "rate limit",
+            "ratelimit",
+            "too many requests",
+            "throttl",
+            "slow down",
+        ],
+    ),
+    (
+        Code::PayloadTooLarge,
+        &["too large", "payload", "entity too large"],
+    ),
+    (
+        Code::DeliveryFailed,
+        &["delivery failed", "undeliverable", "carrier", "delivery"],
+    ),
+    (
+        Code::ValidationFailed,
+        &[
+            "invalid",
+            "required",
+            "missing",
+            "must be",
+            "malformed",
+            "validation",
+            "bad request",
+            "format",
+        ],
+    ),
+];
+
+/// Lower-cases and splits identifiers into words: `maxAttempts_EXCEEDED` -> `max attempts exceeded`.
+pub fn words(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    let mut prev_lower = false;
+    for c in s.chars() {
+        if c.is_alphanumeric() {
+            if c.is_uppercase() && prev_lower {
+                out.push(' ');
+            }
+            prev_lower = c.is_lowercase() || c.is_ascii_digit();
+            out.extend(c.to_lowercase());
+        } else {
+            if !out.ends_with(' ') {
+                out.push(' ');
+            }
+            prev_lower = false;
+        }
+    }
+    out
+}
+
+/// Whether `phrase` occurs in `text` starting at a word boundary.
+fn has(text: &str, phrase: &str) -> bool {
+    let mut from = 0;
+    while let Some(pos) = text[from..].find(phrase) {
+        let at = from + pos;
+        if at == 0 || text.as_bytes()[at - 1] == b' ' {
+            return true;
+        }
+        from = at + phrase.len();
+    }
+    false
+}
+
+/// The first keyword family found in the text, among `allowed`.
+fn family(text: &str, allowed: &[Code]) -> Option<Code> {
+    FAMILIES
+        .iter()
+        .filter(|(c, _)| allowed.contains(c))
+        .find(|(_, phrases)| phrases.iter().any(|p| has(text, p)))
+        .map(|(c, _)| *c)
+}
+
+const ALL_CLIENT: [Code; 12] = [
+    Code::TooManyAttempts,
+    Code::ConsentRequired,
+    Code::InsufficientCredits,
+    Code::AuthenticationFailed,
+    Code::PermissionDenied,
+    Code::VerificationFailed,
+    Code::NotFound,
+    Code::Conflict,
+    Code::RateLimited,
+    Code::PayloadTooLarge,
+    Code::DeliveryFailed,
+    Code::ValidationFailed,
+];
+
+/// The canonical code for a vendor error nothing more specific matched.
+pub fn canonical(status: u16, vendor_code: Option<&str>, message: Option<&str>) -> Code {
+    // The vendor's code speaks first; the message only when the code says nothing.
+    let code_words = vendor_code.map(words).unwrap_or_default();
+    let msg_words = message.map(words).unwrap_or_default();
+    let pick =
+        |allowed: &[Code]| family(&code_words, allowed).or_else(|| family(&msg_words, allowed));
+    match status {
+        401 => Code::AuthenticationFailed,
+        402 => Code::InsufficientCredits,
+        404 | 410 => Code::NotFound,
+        408 | 504 => Code::UpstreamTimeout,
+        409 => Code::Conflict,
+        413 => Code::PayloadTooLarge,
+        503 => Code::UpstreamUnavailable,
+        403 => pick(&[
+            Code::ConsentRequired,
+            Code::InsufficientCredits,
+            Code::AuthenticationFailed,
+            Code::RateLimited,
+        ])
+        .unwrap_or(Code::PermissionDenied),
+        429 => {
+            pick(&[Code::TooManyAttempts, Code::InsufficientCredits]).unwrap_or(Code::RateLimited)
+        }
+        502 => pick(&[Code::DeliveryFailed]).unwrap_or(Code::UpstreamUnavailable),
+        500..=599 => pick(&[Code::DeliveryFailed]).unwrap_or(Code::InternalError),
+        400 | 422 => pick(&ALL_CLIENT).unwrap_or(Code::ValidationFailed),
+        _ => pick(&ALL_CLIENT).unwrap_or(Code::UnknownError),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_split_identifiers() {
+        assert_eq!(
+            words("MAX_ATTEMPTS_EXCEEDED").trim(),
+            "max attempts exceeded"
+        );
+        assert_eq!(words("insufficientBalance").trim(), "insufficient balance");
+        assert_eq!(words("Rate-Limited!").trim(), "rate limited");
+    }
+
+    #[test]
+    fn status_families_and_refinements() {
+        assert_eq!(
+            canonical(401, Some("anything"), None),
+            Code::AuthenticationFailed
+        );
+        assert_eq!(
+            canonical(429, Some("MAX_ATTEMPTS_EXCEEDED"), None),
+            Code::TooManyAttempts
+        );
+        assert_eq!(
+            canonical(429, Some("insufficient_quota"), None),
+            Code::InsufficientCredits
+        );
+        assert_eq!(canonical(429, None, Some("slow down")), Code::RateLimited);
+        assert_eq!(
+            canonical(502, Some("DELIVERY_FAILED"), None),
+            Code::DeliveryFailed
+        );
+        assert_eq!(
+            canonical(502, None, Some("Bad Gateway")),
+            Code::UpstreamUnavailable
+        );
+        assert_eq!(
+            canonical(400, None, Some("Attempt to send to unsubscribed recipient")),
+            Code::ConsentRequired
+        );
+        assert_eq!(
+            canonical(
+                400,
+                Some("validation_error"),
+                Some("Agent name is already in use")
+            ),
+            Code::ValidationFailed
+        );
+        assert_eq!(
+            canonical(400, None, Some("Agent name is already in use")),
+            Code::Conflict
+        );
+        assert_eq!(
+            canonical(422, None, Some("Invalid verification code")),
+            Code::VerificationFailed
+        );
+        assert_eq!(
+            canonical(403, None, Some("Number is unverified")),
+            Code::ConsentRequired
+        );
+        assert_eq!(canonical(403, None, None), Code::PermissionDenied);
+        assert_eq!(canonical(418, None, None), Code::UnknownError);
+        assert_eq!(canonical(400, None, None), Code::ValidationFailed);
+    }
+
+    #[test]
+    fn word_start_matching() {
+        assert!(has(" credits left", "credit"));
+        assert!(!has(" accredited", "credit"));
+    }
+}

@@ -1,0 +1,115 @@
+//! Retry hints from response headers: `Retry-After` (seconds or HTTP-date) and
+//! `X-RateLimit-Reset`-style headers (epoch seconds, or a delta, per profile).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+
+use super::profile::{Profile, ResetKind};
+
+/// Reset headers the generic detector reads (as `auto`).
+const RESET_HEADERS: [&str; 3] = ["x-ratelimit-reset", "ratelimit-reset", "x-rate-limit-reset"];
+
+/// Whole seconds from `now` until `at`, rounded up, never negative.
+fn until(at: SystemTime, now: SystemTime) -> u64 {
+    match at.duration_since(now) {
+        Ok(d) => d.as_secs() + u64::from(d.subsec_nanos() > 0),
+        Err(_) => 0,
+    }
+}
+
+/// `Retry-After: 120` or `Retry-After: Wed, 21 Oct 2015 07:28:00 GMT`.
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<u64> {
+    let v = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(secs);
+    }
+    if let Ok(f) = v.parse::<f64>() {
+        return (f.is_finite() && f >= 0.0).then(|| f.ceil() as u64);
+    }
+    httpdate::parse_http_date(v).ok().map(|at| until(at, now))
+}
+
+fn reset_value(v: &str, kind: ResetKind, now: SystemTime) -> Option<u64> {
+    let n: f64 = v.trim().parse().ok()?;
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    let epoch = match kind {
+        ResetKind::Epoch => true,
+        ResetKind::Delta => false,
+        ResetKind::Auto => n >= 1e9,
+    };
+    if !epoch {
+        return Some(n.ceil() as u64);
+    }
+    // Epoch milliseconds are seen in the wild too.
+    let secs = if n >= 1e12 { n / 1000.0 } else { n };
+    let at = UNIX_EPOCH.checked_add(Duration::from_secs_f64(secs))?;
+    Some(until(at, now))
+}
+
+/// The vendor's hint in seconds: `Retry-After` first, then the profile's reset header, then
+/// the common reset headers.
+pub fn hint(headers: &HeaderMap, profile: &Profile, now: SystemTime) -> Option<u64> {
+    if let Some(s) = retry_after(headers, now) {
+        return Some(s);
+    }
+    if let Some(r) = &profile.reset {
+        if let Some(v) = headers.get(&r.header).and_then(|v| v.to_str().ok()) {
+            return reset_value(v, r.kind, now);
+        }
+    }
+    RESET_HEADERS.iter().find_map(|h| {
+        let v = headers.get(*h)?.to_str().ok()?;
+        reset_value(v, ResetKind::Auto, now)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(k: &'static str, v: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        m.insert(
+            k,
+            v.parse()
+                .unwrap_or_else(|_| http::HeaderValue::from_static("")),
+        );
+        m
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_706_140_740);
+        assert_eq!(retry_after(&h("retry-after", "60"), now), Some(60));
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(retry_after(&h("retry-after", &date), now), Some(90));
+        assert_eq!(retry_after(&h("retry-after", "soon"), now), None);
+        assert_eq!(
+            retry_after(&h("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT"), now),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn reset_epoch_and_delta() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_706_140_740);
+        let p = Profile::generic();
+        assert_eq!(
+            hint(&h("x-ratelimit-reset", "1706140800"), &p, now),
+            Some(60)
+        );
+        assert_eq!(
+            hint(&h("x-ratelimit-reset", "1706140800000"), &p, now),
+            Some(60)
+        );
+        assert_eq!(hint(&h("ratelimit-reset", "7"), &p, now), Some(7));
+        assert_eq!(hint(&h("x-ratelimit-reset", "-5"), &p, now), None);
+    }
+}
