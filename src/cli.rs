@@ -76,9 +76,11 @@ pub fn normalize(
     let normalized = if (200..300).contains(&status) {
         match normalize::success_error(&profile, vendor, "sb-normalize", &resp, now) {
             Some(n) => n,
-            None => return Ok(format!(
+            None => {
+                return Ok(format!(
                 "HTTP {status}: not an error for profile {vendor:?}; passed through untouched\n"
-            )),
+            ))
+            }
         }
     } else {
         normalize::normalize(&profile, vendor, "sb-normalize", &resp, now)

@@ -20,8 +20,10 @@ use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
-use crate::proxy::{Switchboard, VendorRuntime};
+use crate::proxy::{Forwarder, Switchboard, VendorRuntime};
 use crate::routing::DnsRefresher;
+use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +96,14 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Switchboard::new(vendors, metrics.clone(), lifecycle.clone()),
+        Switchboard::new(
+            Forwarder::new(Connector::new(Some(ConnectorOptions::from_server_conf(
+                &server.configuration,
+            )))),
+            vendors,
+            metrics.clone(),
+            lifecycle.clone(),
+        ),
         "switchboard",
     );
     for addr in &listen {

@@ -125,6 +125,18 @@ const FAMILIES: &[(Code, &[&str])] = &[
         Code::DeliveryFailed,
         &["delivery failed", "undeliverable", "carrier", "delivery"],
     ),
+    (Code::UpstreamTimeout, &["timeout", "timed out", "time out"]),
+    (
+        Code::UpstreamUnavailable,
+        &[
+            "unavailable",
+            "maintenance",
+            "unreachable",
+            "connection refused",
+            "overloaded",
+            "bad gateway",
+        ],
+    ),
     (
         Code::ValidationFailed,
         &[
@@ -198,13 +210,33 @@ const ALL_CLIENT: [Code; 12] = [
     Code::ValidationFailed,
 ];
 
+const CLIENT_400: [Code; 11] = [
+    Code::TooManyAttempts,
+    Code::ConsentRequired,
+    Code::InsufficientCredits,
+    Code::AuthenticationFailed,
+    Code::VerificationFailed,
+    Code::NotFound,
+    Code::Conflict,
+    Code::RateLimited,
+    Code::PayloadTooLarge,
+    Code::DeliveryFailed,
+    Code::ValidationFailed,
+];
+
 /// The canonical code for a vendor error nothing more specific matched.
 pub fn canonical(status: u16, vendor_code: Option<&str>, message: Option<&str>) -> Code {
-    // The vendor's code speaks first; the message only when the code says nothing.
     let code_words = vendor_code.map(words).unwrap_or_default();
     let msg_words = message.map(words).unwrap_or_default();
-    let pick =
-        |allowed: &[Code]| family(&code_words, allowed).or_else(|| family(&msg_words, allowed));
+    // The vendor's code speaks first, but a code that only says "invalid" (validation) yields
+    // to a message that names something more specific ("API key not valid", "already in use").
+    let pick = |allowed: &[Code]| match family(&code_words, allowed) {
+        Some(Code::ValidationFailed) | None => family(&msg_words, allowed)
+            .filter(|c| *c != Code::ValidationFailed)
+            .or_else(|| family(&code_words, allowed))
+            .or_else(|| family(&msg_words, allowed)),
+        specific => specific,
+    };
     match status {
         401 => Code::AuthenticationFailed,
         402 => Code::InsufficientCredits,
@@ -224,8 +256,14 @@ pub fn canonical(status: u16, vendor_code: Option<&str>, message: Option<&str>) 
             pick(&[Code::TooManyAttempts, Code::InsufficientCredits]).unwrap_or(Code::RateLimited)
         }
         502 => pick(&[Code::DeliveryFailed]).unwrap_or(Code::UpstreamUnavailable),
-        500..=599 => pick(&[Code::DeliveryFailed]).unwrap_or(Code::InternalError),
-        400 | 422 => pick(&ALL_CLIENT).unwrap_or(Code::ValidationFailed),
+        500..=599 => pick(&[
+            Code::DeliveryFailed,
+            Code::UpstreamTimeout,
+            Code::UpstreamUnavailable,
+        ])
+        .unwrap_or(Code::InternalError),
+        // Permission problems come as 403; in a 400/422 "not allowed" means an invalid value.
+        400 | 422 => pick(&CLIENT_400).unwrap_or(Code::ValidationFailed),
         _ => pick(&ALL_CLIENT).unwrap_or(Code::UnknownError),
     }
 }
@@ -246,54 +284,83 @@ mod tests {
 
     #[test]
     fn status_families_and_refinements() {
-        assert_eq!(
-            canonical(401, Some("anything"), None),
-            Code::AuthenticationFailed
-        );
-        assert_eq!(
-            canonical(429, Some("MAX_ATTEMPTS_EXCEEDED"), None),
-            Code::TooManyAttempts
-        );
-        assert_eq!(
-            canonical(429, Some("insufficient_quota"), None),
-            Code::InsufficientCredits
-        );
-        assert_eq!(canonical(429, None, Some("slow down")), Code::RateLimited);
-        assert_eq!(
-            canonical(502, Some("DELIVERY_FAILED"), None),
-            Code::DeliveryFailed
-        );
-        assert_eq!(
-            canonical(502, None, Some("Bad Gateway")),
-            Code::UpstreamUnavailable
-        );
-        assert_eq!(
-            canonical(400, None, Some("Attempt to send to unsubscribed recipient")),
-            Code::ConsentRequired
-        );
-        assert_eq!(
-            canonical(
+        let cases: &[(u16, Option<&str>, Option<&str>, Code)] = &[
+            (401, Some("anything"), None, Code::AuthenticationFailed),
+            (
+                429,
+                Some("MAX_ATTEMPTS_EXCEEDED"),
+                None,
+                Code::TooManyAttempts,
+            ),
+            (
+                429,
+                Some("insufficient_quota"),
+                None,
+                Code::InsufficientCredits,
+            ),
+            (429, None, Some("slow down"), Code::RateLimited),
+            (502, Some("DELIVERY_FAILED"), None, Code::DeliveryFailed),
+            (502, None, Some("Bad Gateway"), Code::UpstreamUnavailable),
+            (
+                400,
+                None,
+                Some("Attempt to send to unsubscribed recipient"),
+                Code::ConsentRequired,
+            ),
+            (
                 400,
                 Some("validation_error"),
-                Some("Agent name is already in use")
+                Some("Agent name is already in use"),
+                Code::Conflict,
             ),
-            Code::ValidationFailed
-        );
-        assert_eq!(
-            canonical(400, None, Some("Agent name is already in use")),
-            Code::Conflict
-        );
-        assert_eq!(
-            canonical(422, None, Some("Invalid verification code")),
-            Code::VerificationFailed
-        );
-        assert_eq!(
-            canonical(403, None, Some("Number is unverified")),
-            Code::ConsentRequired
-        );
-        assert_eq!(canonical(403, None, None), Code::PermissionDenied);
-        assert_eq!(canonical(418, None, None), Code::UnknownError);
-        assert_eq!(canonical(400, None, None), Code::ValidationFailed);
+            (
+                400,
+                Some("INVALID_ARGUMENT"),
+                Some("API key not valid"),
+                Code::AuthenticationFailed,
+            ),
+            (
+                400,
+                Some("INVALID_ARGUMENT"),
+                Some("name: too short"),
+                Code::ValidationFailed,
+            ),
+            (
+                400,
+                None,
+                Some("Agent name is already in use"),
+                Code::Conflict,
+            ),
+            (
+                422,
+                None,
+                Some("Invalid verification code"),
+                Code::VerificationFailed,
+            ),
+            (
+                403,
+                None,
+                Some("Number is unverified"),
+                Code::ConsentRequired,
+            ),
+            (403, None, None, Code::PermissionDenied),
+            (418, None, None, Code::UnknownError),
+            (524, None, Some("A timeout occurred"), Code::UpstreamTimeout),
+            (
+                422,
+                None,
+                Some("The sender was not allowed"),
+                Code::ValidationFailed,
+            ),
+            (400, None, None, Code::ValidationFailed),
+        ];
+        for (status, code, msg, want) in cases {
+            assert_eq!(
+                canonical(*status, *code, *msg),
+                *want,
+                "{status} {code:?} {msg:?}"
+            );
+        }
     }
 
     #[test]

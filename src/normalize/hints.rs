@@ -49,7 +49,7 @@ fn reset_value(v: &str, kind: ResetKind, now: SystemTime) -> Option<u64> {
     }
     // Epoch milliseconds are seen in the wild too.
     let secs = if n >= 1e12 { n / 1000.0 } else { n };
-    let at = UNIX_EPOCH.checked_add(Duration::from_secs_f64(secs))?;
+    let at = UNIX_EPOCH.checked_add(Duration::try_from_secs_f64(secs).ok()?)?;
     Some(until(at, now))
 }
 
@@ -111,5 +111,10 @@ mod tests {
         );
         assert_eq!(hint(&h("ratelimit-reset", "7"), &p, now), Some(7));
         assert_eq!(hint(&h("x-ratelimit-reset", "-5"), &p, now), None);
+        // Found by the property test: absurd values must not overflow.
+        assert_eq!(
+            hint(&h("x-ratelimit-reset", "99999999999999999999999"), &p, now),
+            None
+        );
     }
 }

@@ -200,15 +200,31 @@ fn build(
     let retryable = mapping
         .and_then(|m| m.retryable)
         .unwrap_or_else(|| code.default_retryable(Some(resp.status)));
-    let message = extracted.message.clone().unwrap_or_else(|| {
-        let reason = http::StatusCode::from_u16(resp.status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("");
-        format!("vendor answered HTTP {} {reason}", resp.status)
-            .trim_end()
-            .to_string()
-    });
+    let from_details = || {
+        let parts: Vec<String> = extracted
+            .details
+            .iter()
+            .take(3)
+            .map(|d| match &d.field {
+                Some(f) => format!("{f}: {}", d.reason),
+                None => d.reason.clone(),
+            })
+            .collect();
+        (!parts.is_empty()).then(|| parts.join("; "))
+    };
+    let message = extracted
+        .message
+        .clone()
+        .or_else(from_details)
+        .unwrap_or_else(|| {
+            let reason = http::StatusCode::from_u16(resp.status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("");
+            format!("vendor answered HTTP {} {reason}", resp.status)
+                .trim_end()
+                .to_string()
+        });
     let envelope = Envelope {
         error: ErrorBody {
             code,

@@ -31,6 +31,8 @@ pub struct Ctx {
     pub sent: bool,
     /// When the current attempt was sent.
     pub upstream_started: Option<Instant>,
+    /// How long the last answered attempt took to its response header.
+    pub upstream_elapsed: Option<std::time::Duration>,
     /// The vendor's status on the last attempt that answered.
     pub upstream_status: Option<u16>,
     /// A proxy error decided inside a hook, answered by `fail_to_proxy`.
@@ -58,6 +60,7 @@ impl Ctx {
             attempts: 0,
             sent: false,
             upstream_started: None,
+            upstream_elapsed: None,
             upstream_status: None,
             pending: None,
             status: None,

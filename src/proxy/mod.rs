@@ -6,8 +6,10 @@
 //! request arrived on, never by anything the client sent.
 
 mod ctx;
+pub mod forward;
 
 pub use ctx::Ctx;
+pub use forward::{Forwarder, Outcome};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -53,6 +55,7 @@ impl VendorRuntime {
 
 /// The proxy service shared by all vendor listeners.
 pub struct Switchboard {
+    forwarder: Forwarder,
     vendors: Vec<Arc<VendorRuntime>>,
     by_port: HashMap<u16, usize>,
     metrics: Metrics,
@@ -62,6 +65,7 @@ pub struct Switchboard {
 impl Switchboard {
     /// A proxy over these vendors.
     pub fn new(
+        forwarder: Forwarder,
         vendors: Vec<Arc<VendorRuntime>>,
         metrics: Metrics,
         lifecycle: Arc<Lifecycle>,
@@ -72,6 +76,7 @@ impl Switchboard {
             .map(|(i, v)| (v.cfg.listen.port(), i))
             .collect();
         Switchboard {
+            forwarder,
             vendors,
             by_port,
             metrics,
@@ -103,24 +108,11 @@ impl Switchboard {
         } else {
             session.set_keepalive(None);
         }
-        write_envelope(session, &env).await?;
-        ctx.answered(env.status(), Some(&env));
-        Ok(())
+        match forward::write_envelope(session, ctx, env).await {
+            Outcome::Answered => Ok(()),
+            Outcome::Aborted(e) => Err(e),
+        }
     }
-}
-
-/// Writes an envelope as a complete response.
-async fn write_envelope(session: &mut Session, env: &Envelope) -> Result<()> {
-    let body = Bytes::from(env.to_json());
-    let mut h = ResponseHeader::build(env.status(), Some(8))?;
-    h.insert_header("content-type", "application/json")?;
-    h.insert_header("content-length", body.len().to_string())?;
-    h.insert_header("cache-control", "no-store")?;
-    for (k, v) in env.headers() {
-        h.insert_header(k, v)?;
-    }
-    session.write_response_header(Box::new(h), false).await?;
-    session.write_response_body(Some(body), true).await
 }
 
 /// Custom error types so `fail_to_proxy` can tell our own refusals from Pingora's.
@@ -182,7 +174,14 @@ impl ProxyHttp for Switchboard {
             self.answer(session, ctx, env, false).await?;
             return Ok(true);
         }
-        Ok(false)
+        // Protocol upgrades (WebSocket media streams) take Pingora's own proxy path.
+        if session.is_upgrade_req() {
+            return Ok(false);
+        }
+        match self.forwarder.run(session, ctx, &vendor).await {
+            Outcome::Answered => Ok(true),
+            Outcome::Aborted(e) => Err(e),
+        }
     }
 
     async fn request_body_filter(
@@ -221,14 +220,7 @@ impl ProxyHttp for Switchboard {
         };
         ctx.attempts += 1;
         ctx.sent = false;
-        let mut peer = HttpPeer::new(addr, cfg.upstream.tls, cfg.upstream.host.clone());
-        let o = &mut peer.options;
-        o.connection_timeout = Some(cfg.timeouts.connect);
-        o.total_connection_timeout = Some(cfg.timeouts.connect);
-        o.read_timeout = Some(cfg.timeouts.response);
-        o.write_timeout = Some(cfg.timeouts.response);
-        o.idle_timeout = Some(cfg.timeouts.idle);
-        Ok(Box::new(peer))
+        Ok(Box::new(vendor.peer(addr)))
     }
 
     async fn upstream_request_filter(
@@ -253,12 +245,7 @@ impl ProxyHttp for Switchboard {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.upstream_status = Some(upstream_response.status.as_u16());
-        if let (Some(v), Some(t)) = (&ctx.vendor, ctx.upstream_started) {
-            self.metrics
-                .upstream_duration
-                .with_label_values(&[&v.cfg.name, v.router.name(ctx.endpoint)])
-                .observe(t.elapsed().as_secs_f64());
-        }
+        ctx.upstream_elapsed = ctx.upstream_started.map(|t| t.elapsed());
         Ok(())
     }
 
@@ -333,9 +320,7 @@ impl ProxyHttp for Switchboard {
             Envelope::proxy(code, message, &vendor, &ctx.request_id).with_attempts(ctx.attempts);
         let status = env.status();
         tracing::debug!(request_id = %ctx.request_id, %vendor, code = %code, error = %e, "answering with proxy error");
-        let written = write_envelope(session, &env).await;
-        ctx.answered(status, Some(&env));
-        if let Err(we) = written {
+        if let Outcome::Aborted(we) = forward::write_envelope(session, ctx, env).await {
             tracing::debug!(error = %we, "could not write error response");
         }
         FailToProxy {
@@ -370,6 +355,12 @@ impl ProxyHttp for Switchboard {
                 .errors
                 .with_label_values(&[&v.cfg.name, endpoint, code.as_str(), source.as_str()])
                 .inc();
+        }
+        if let Some(up) = ctx.upstream_elapsed {
+            self.metrics
+                .upstream_duration
+                .with_label_values(&[&v.cfg.name, endpoint])
+                .observe(up.as_secs_f64());
         }
         let elapsed = ctx.started.elapsed();
         self.metrics

@@ -1,0 +1,435 @@
+//! The forwarding engine: drives one request to the vendor and its answer back to the app.
+//!
+//! Pingora's proxy loop writes the response header downstream before any of the body is
+//! read, so it cannot answer a vendor error with the *canonical* status that only the body
+//! reveals (TryVox `DELIVERY_FAILED` 502 stays 502, a bare gateway 502 becomes 503). This
+//! engine therefore runs inside `request_filter`: it reads the request body (buffered up to
+//! the replay limit, streamed beyond), sends it over Pingora's pooled upstream connector,
+//! reads the response header, and then either streams a success through untouched or reads
+//! the (capped) error body, normalises it and answers with the envelope.
+//!
+//! It owns the mechanics only: codes come from `normalize`, metrics from `metrics`.
+
+use std::time::{Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use pingora::connectors::http::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::protocols::http::client::HttpSession as UpstreamSession;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
+
+use super::{Ctx, VendorRuntime};
+use crate::envelope::{Code, Envelope};
+use crate::headers;
+use crate::normalize::transport::{classify, AttemptState};
+use crate::normalize::{self, VendorResponse, MAX_ERROR_BODY};
+
+/// Request bodies up to this size are buffered before sending (and could be replayed);
+/// larger ones are streamed to the vendor as they arrive.
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// How one request ended, for the caller's bookkeeping.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A response (success, passthrough or envelope) was written in full.
+    Answered,
+    /// Nothing more can be written (client gone, or the stream was cut mid-body).
+    Aborted(Box<Error>),
+}
+
+/// The request body as read from the app.
+struct Body {
+    buffered: BytesMut,
+    /// More body follows on the downstream session.
+    streaming: bool,
+    /// The app sent a body at all (`Content-Length` or `Transfer-Encoding`).
+    present: bool,
+}
+
+/// Drives requests to the vendor over Pingora's pooled connector.
+pub struct Forwarder {
+    connector: Connector,
+}
+
+impl Forwarder {
+    /// A forwarder with its own connection pool.
+    pub fn new(connector: Connector) -> Self {
+        Forwarder { connector }
+    }
+
+    /// Forwards the request in `session` and answers it. Every path writes exactly one
+    /// response, or reports why none could be written.
+    pub async fn run(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        vendor: &VendorRuntime,
+    ) -> Outcome {
+        session.set_read_timeout(Some(vendor.cfg.timeouts.response));
+        let body = match read_body(session, vendor.cfg.max_request_body).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(env_msg)) => {
+                let env = Envelope::proxy(
+                    Code::PayloadTooLarge,
+                    env_msg,
+                    &vendor.cfg.name,
+                    &ctx.request_id,
+                );
+                session.set_keepalive(None);
+                return write_envelope(session, ctx, env).await;
+            }
+            Err(e) => return Outcome::Aborted(e),
+        };
+        let req = upstream_request(session.req_header(), vendor, &body);
+        match self.attempt(session, ctx, vendor, req, body).await {
+            Ok(outcome) => outcome,
+            Err(failure) => {
+                let state = AttemptState {
+                    sent: ctx.sent,
+                    idempotent: ctx.idempotent,
+                };
+                match ctx.pending.take().or_else(|| classify(&failure, state)) {
+                    Some((code, msg)) => {
+                        let env = Envelope::proxy(code, msg, &vendor.cfg.name, &ctx.request_id)
+                            .with_attempts(ctx.attempts);
+                        write_envelope(session, ctx, env).await
+                    }
+                    None => Outcome::Aborted(failure),
+                }
+            }
+        }
+    }
+
+    /// One attempt. `Err` means no usable response arrived (to be classified); responses of
+    /// any status are answered inside.
+    async fn attempt(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        vendor: &VendorRuntime,
+        req: RequestHeader,
+        body: Body,
+    ) -> Result<Outcome> {
+        let cfg = &vendor.cfg;
+        let addr = match vendor.resolver.pick(cfg.timeouts.connect).await {
+            Ok(a) => a,
+            Err(e) => {
+                ctx.pending = Some((Code::UpstreamUnavailable, e.to_string()));
+                return Error::e_explain(ErrorType::ConnectError, "upstream host unresolvable");
+            }
+        };
+        let peer = vendor.peer(addr);
+        ctx.attempts += 1;
+        ctx.sent = false;
+        let (mut up, _reused) = self.connector.get_http_session(&peer).await?;
+        // The connector leaves these unset; Pingora's own proxy loop copies them the same way.
+        up.set_read_timeout(peer.options.read_timeout);
+        up.set_write_timeout(peer.options.write_timeout);
+        ctx.sent = true;
+        ctx.upstream_started = Some(Instant::now());
+        up.write_request_header(Box::new(req)).await?;
+        let has_more = body.streaming;
+        if !body.buffered.is_empty() {
+            up.write_request_body(body.buffered.freeze(), !has_more)
+                .await?;
+        }
+        if has_more {
+            stream_request_body(session, &mut up, cfg.max_request_body, ctx).await?;
+        }
+        up.finish_request_body().await?;
+        let resp = read_final_header(&mut up).await?;
+        let status = resp.status.as_u16();
+        ctx.upstream_status = Some(status);
+        if let Some(t) = ctx.upstream_started {
+            ctx.upstream_elapsed = Some(t.elapsed());
+        }
+
+        let profile = &cfg.dialect;
+        let path = session.req_header().uri.path().to_string();
+        let success_candidate =
+            (200..300).contains(&status) && profile.success_candidate(status, &path);
+        if cfg.passthrough_errors || !(status >= 400 || success_candidate) {
+            let outcome = stream_response(session, ctx, &mut up, resp).await;
+            if matches!(outcome, Outcome::Answered) {
+                self.connector
+                    .release_http_session(up, &peer, Some(cfg.timeouts.idle))
+                    .await;
+            }
+            return Ok(outcome);
+        }
+
+        let (bytes, truncated) = read_capped(&mut up).await;
+        let vr = VendorResponse {
+            status,
+            headers: &resp.headers,
+            body: &bytes,
+            truncated,
+            path: &path,
+        };
+        let now = SystemTime::now();
+        let normalized = if success_candidate {
+            normalize::success_error(profile, &cfg.name, &ctx.request_id, &vr, now)
+        } else {
+            Some(normalize::normalize(
+                profile,
+                &cfg.name,
+                &ctx.request_id,
+                &vr,
+                now,
+            ))
+        };
+        let outcome = match normalized {
+            Some(n) => {
+                let mut env = n.envelope;
+                env.error.attempts = ctx.attempts;
+                write_envelope(session, ctx, env).await
+            }
+            // A success after all: what was read, then whatever is left, untouched.
+            None => {
+                write_inspected(session, ctx, &mut up, resp, Bytes::from(bytes), truncated).await
+            }
+        };
+        if !truncated || matches!(outcome, Outcome::Answered) && up.response_done() {
+            self.connector
+                .release_http_session(up, &peer, Some(cfg.timeouts.idle))
+                .await;
+        }
+        Ok(outcome)
+    }
+}
+
+impl VendorRuntime {
+    /// The upstream peer for one resolved address.
+    pub fn peer(&self, addr: std::net::SocketAddr) -> HttpPeer {
+        let cfg = &self.cfg;
+        let mut peer = HttpPeer::new(addr, cfg.upstream.tls, cfg.upstream.host.clone());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(cfg.timeouts.connect);
+        o.total_connection_timeout = Some(cfg.timeouts.connect);
+        o.read_timeout = Some(cfg.timeouts.response);
+        o.write_timeout = Some(cfg.timeouts.response);
+        o.idle_timeout = Some(cfg.timeouts.idle);
+        peer
+    }
+}
+
+/// Reads the request body: all of it when it fits the replay buffer, else the first part.
+/// The inner `Err` is a body over the configured limit.
+async fn read_body(session: &mut Session, limit: u64) -> Result<std::result::Result<Body, String>> {
+    let h = &session.req_header().headers;
+    let present = h.contains_key(http::header::CONTENT_LENGTH)
+        || h.contains_key(http::header::TRANSFER_ENCODING);
+    let mut buffered = BytesMut::new();
+    let mut total: u64 = 0;
+    while let Some(chunk) = session.read_request_body().await? {
+        total += chunk.len() as u64;
+        if total > limit {
+            return Ok(Err(format!(
+                "request body exceeds the limit of {limit} bytes"
+            )));
+        }
+        buffered.extend_from_slice(&chunk);
+        if buffered.len() > REPLAY_LIMIT {
+            return Ok(Ok(Body {
+                buffered,
+                streaming: true,
+                present,
+            }));
+        }
+    }
+    Ok(Ok(Body {
+        buffered,
+        streaming: false,
+        present,
+    }))
+}
+
+/// The rest of a large request body, from the app straight to the vendor.
+async fn stream_request_body(
+    session: &mut Session,
+    up: &mut UpstreamSession,
+    limit: u64,
+    ctx: &mut Ctx,
+) -> Result<()> {
+    let mut total = session.body_bytes_read() as u64;
+    loop {
+        let chunk = session.read_request_body().await?;
+        match chunk {
+            Some(c) => {
+                total += c.len() as u64;
+                if total > limit {
+                    ctx.pending = Some((
+                        Code::PayloadTooLarge,
+                        format!("request body exceeds the limit of {limit} bytes"),
+                    ));
+                    return Error::e_explain(ErrorType::HTTPStatus(413), "request body too large");
+                }
+                up.write_request_body(c, false).await?;
+            }
+            None => return Ok(()),
+        }
+    }
+}
+
+/// The header sent upstream: the app's, with `Host` set to the vendor and hop-by-hop
+/// headers dropped. A fully buffered body is sent with an exact `Content-Length`.
+fn upstream_request(app: &RequestHeader, vendor: &VendorRuntime, body: &Body) -> RequestHeader {
+    let mut req = app.clone();
+    let _ = req.insert_header(http::header::HOST, &vendor.cfg.upstream.authority);
+    headers::strip_request_hop_by_hop(&mut req);
+    // The body is already here (or streams on); the vendor must not wait for a go-ahead.
+    req.remove_header(&http::header::EXPECT);
+    if !body.streaming && body.present {
+        req.remove_header(&http::header::TRANSFER_ENCODING);
+        let _ = req.insert_header(
+            http::header::CONTENT_LENGTH,
+            body.buffered.len().to_string(),
+        );
+    }
+    req
+}
+
+/// Reads past informational (1xx) responses to the final header.
+async fn read_final_header(up: &mut UpstreamSession) -> Result<ResponseHeader> {
+    loop {
+        up.read_response_header().await?;
+        let Some(h) = up.response_header() else {
+            return Error::e_explain(ErrorType::InvalidHTTPHeader, "no response header");
+        };
+        let status = h.status.as_u16();
+        if (100..200).contains(&status) && status != 101 {
+            continue;
+        }
+        return Ok(h.clone());
+    }
+}
+
+/// Reads an error body up to [`MAX_ERROR_BODY`]; `true` when more followed (or the
+/// connection broke), in which case the connection is not reused.
+async fn read_capped(up: &mut UpstreamSession) -> (Vec<u8>, bool) {
+    let mut body = Vec::new();
+    loop {
+        match up.read_response_body().await {
+            Ok(Some(chunk)) => {
+                let room = MAX_ERROR_BODY - body.len();
+                if chunk.len() > room {
+                    body.extend_from_slice(&chunk[..room]);
+                    return (body, true);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return (body, false),
+            Err(_) => return (body, true),
+        }
+    }
+}
+
+fn downstream_header(mut resp: ResponseHeader, ctx: &Ctx) -> ResponseHeader {
+    headers::strip_response_hop_by_hop(&mut resp);
+    let _ = resp.insert_header("x-request-id", &ctx.request_id);
+    resp
+}
+
+/// Streams a response through unbuffered.
+async fn stream_response(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    up: &mut UpstreamSession,
+    resp: ResponseHeader,
+) -> Outcome {
+    let status = resp.status.as_u16();
+    let done = up.response_done();
+    if let Err(e) = session
+        .write_response_header(Box::new(downstream_header(resp, ctx)), done)
+        .await
+    {
+        return Outcome::Aborted(e);
+    }
+    ctx.answered(status, None);
+    if done {
+        return finish(session).await;
+    }
+    copy_body(session, ctx, up).await
+}
+
+/// Copies the rest of the vendor's body to the app, chunk by chunk.
+async fn copy_body(session: &mut Session, ctx: &mut Ctx, up: &mut UpstreamSession) -> Outcome {
+    loop {
+        match up.read_response_body().await {
+            Ok(Some(chunk)) => {
+                if let Err(e) = session.write_response_body(Some(chunk), false).await {
+                    return Outcome::Aborted(e);
+                }
+            }
+            Ok(None) => return finish(session).await,
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "vendor failed mid-response; cutting the stream");
+                return Outcome::Aborted(e);
+            }
+        }
+    }
+}
+
+async fn finish(session: &mut Session) -> Outcome {
+    match session.finish_body().await {
+        Ok(()) => Outcome::Answered,
+        Err(e) => Outcome::Aborted(e),
+    }
+}
+
+/// Sends a 2xx that was inspected and found fine: the bytes already read, then the rest of
+/// the vendor's body as it comes. Framing headers are the vendor's own, so they stay right.
+async fn write_inspected(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    up: &mut UpstreamSession,
+    resp: ResponseHeader,
+    read: Bytes,
+    more: bool,
+) -> Outcome {
+    let status = resp.status.as_u16();
+    ctx.answered(status, None);
+    if let Err(e) = session
+        .write_response_header(Box::new(downstream_header(resp, ctx)), false)
+        .await
+    {
+        return Outcome::Aborted(e);
+    }
+    if let Err(e) = session.write_response_body(Some(read), false).await {
+        return Outcome::Aborted(e);
+    }
+    if more {
+        return copy_body(session, ctx, up).await;
+    }
+    finish(session).await
+}
+
+/// Writes an envelope as the whole response.
+pub async fn write_envelope(session: &mut Session, ctx: &mut Ctx, env: Envelope) -> Outcome {
+    let status = env.status();
+    ctx.answered(status, Some(&env));
+    let body = Bytes::from(env.to_json());
+    let built = (|| -> Result<ResponseHeader> {
+        let mut h = ResponseHeader::build(status, Some(8))?;
+        h.insert_header("content-type", "application/json")?;
+        h.insert_header("content-length", body.len().to_string())?;
+        h.insert_header("cache-control", "no-store")?;
+        for (k, v) in env.headers() {
+            h.insert_header(k, v)?;
+        }
+        Ok(h)
+    })();
+    let h = match built {
+        Ok(h) => h,
+        Err(e) => return Outcome::Aborted(e),
+    };
+    if let Err(e) = session.write_response_header(Box::new(h), false).await {
+        return Outcome::Aborted(e);
+    }
+    match session.write_response_body(Some(body), true).await {
+        Ok(()) => Outcome::Answered,
+        Err(e) => Outcome::Aborted(e),
+    }
+}

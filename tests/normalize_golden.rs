@@ -1,0 +1,243 @@
+//! Golden files for the normaliser: `tests/fixtures/normalize/<profile>/<case>.http` is a
+//! vendor response as sent (status line, headers, raw body); `<case>.expected.json` is what
+//! Switchboard answers. `UPDATE_GOLDEN=1 cargo test --test normalize_golden` rewrites the
+//! expected files; review the diff.
+//!
+//! Fixture directives (removed before normalising): `X-Fixture-Gzip: 1` gzips the body and
+//! sets `Content-Encoding: gzip`; `X-Fixture-Path: /p` is the request path.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{json, Value};
+use switchboard::normalize::{self, Profile, VendorResponse};
+
+/// Golden runs pretend it is 2024-01-24T23:59:00Z, so epoch reset headers are stable.
+fn now() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_706_140_740)
+}
+
+struct Fixture {
+    status: u16,
+    headers: HeaderMap,
+    body: Vec<u8>,
+    path: String,
+}
+
+fn parse(raw: &[u8]) -> Fixture {
+    let mut rest = raw;
+    let mut lines = Vec::new();
+    loop {
+        let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+        let line = String::from_utf8_lossy(&rest[..end])
+            .trim_end_matches('\r')
+            .to_string();
+        rest = if end < rest.len() {
+            &rest[end + 1..]
+        } else {
+            &[]
+        };
+        if line.starts_with('#') && lines.is_empty() {
+            continue;
+        }
+        if line.is_empty() {
+            break;
+        }
+        lines.push(line);
+    }
+    let status: u16 = lines[0].split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut headers = HeaderMap::new();
+    let (mut gzip, mut path) = (false, "/".to_string());
+    for l in &lines[1..] {
+        let (k, v) = l.split_once(':').unwrap();
+        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+        match k.as_str() {
+            "x-fixture-gzip" => gzip = true,
+            "x-fixture-path" => path = v.to_string(),
+            _ => {
+                headers.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+        }
+    }
+    let mut body = rest.to_vec();
+    if gzip {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(&body).unwrap();
+        body = enc.finish().unwrap();
+        headers.insert("content-encoding", HeaderValue::from_static("gzip"));
+    }
+    Fixture {
+        status,
+        headers,
+        body,
+        path,
+    }
+}
+
+fn profile_for(dir: &str) -> Profile {
+    let root = support::root();
+    for base in [
+        root.join("config/profiles"),
+        root.join("tests/fixtures/profiles"),
+    ] {
+        if base.join(format!("{dir}.yaml")).is_file() || dir == "generic" {
+            return Profile::load(&base, dir).unwrap_or_else(|e| panic!("profile {dir}: {e:?}"));
+        }
+    }
+    panic!("no profile for fixture folder {dir}");
+}
+
+/// What the app would receive, as JSON.
+fn answer(profile: &Profile, vendor: &str, f: &Fixture) -> Value {
+    let resp = VendorResponse {
+        status: f.status,
+        headers: &f.headers,
+        body: &f.body,
+        truncated: false,
+        path: &f.path,
+    };
+    let n = if (200..300).contains(&f.status) {
+        match normalize::success_error(profile, vendor, "sb-golden", &resp, now()) {
+            Some(n) => n,
+            None => return json!({ "passthrough": true }),
+        }
+    } else {
+        normalize::normalize(profile, vendor, "sb-golden", &resp, now())
+    };
+    let env = &n.envelope;
+    let headers: serde_json::Map<String, Value> = env
+        .headers()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Value::String(v)))
+        .collect();
+    json!({
+        "status": env.status(),
+        "headers": headers,
+        "unprocessed": n.unprocessed,
+        "body": serde_json::to_value(env).unwrap(),
+    })
+}
+
+fn run_folder(dir: &Path, update: bool, failures: &mut Vec<String>) -> usize {
+    let name = dir.file_name().unwrap().to_string_lossy().to_string();
+    let profile = profile_for(&name);
+    let mut n = 0;
+    for case in support::files_with_ext(dir, "http") {
+        n += 1;
+        let f = parse(&std::fs::read(&case).unwrap());
+        let got = serde_json::to_string_pretty(&answer(&profile, &name, &f)).unwrap() + "\n";
+        let golden = case.with_extension("expected.json");
+        if update {
+            std::fs::write(&golden, &got).unwrap();
+        } else if std::fs::read_to_string(&golden).unwrap_or_default() != got {
+            failures.push(format!("{}:\n{got}", case.display()));
+        }
+    }
+    n
+}
+
+#[test]
+fn golden_files() {
+    let base = support::root().join("tests/fixtures/normalize");
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let mut failures = Vec::new();
+    let mut total = 0;
+    let mut dirs: Vec<_> = std::fs::read_dir(&base)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    for d in dirs {
+        total += run_folder(&d, update, &mut failures);
+    }
+    assert!(total >= 50, "only {total} fixtures");
+    assert!(
+        failures.is_empty(),
+        "{} golden mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// Every documented example of every seed vendor has a fixture (so the profile is built from
+/// all of them).
+#[test]
+fn every_seed_example_has_a_fixture() {
+    let root = support::root();
+    for vendor in ["tryvox", "telephony_io", "agent_platform", "line_platform"] {
+        let dialect =
+            switchboard::simulator::Dialect::load(&root.join("config/profiles"), vendor).unwrap();
+        for name in dialect.examples.keys() {
+            let file = root.join(format!(
+                "tests/fixtures/normalize/{vendor}/{}.http",
+                name.to_lowercase()
+            ));
+            assert!(
+                file.is_file(),
+                "no fixture for {vendor} example {name}: {}",
+                file.display()
+            );
+        }
+    }
+}
+
+fn case(vendor: &str, name: &str) -> Value {
+    let f = parse(
+        &std::fs::read(
+            support::root().join(format!("tests/fixtures/normalize/{vendor}/{name}.http")),
+        )
+        .unwrap(),
+    );
+    answer(&profile_for(vendor), vendor, &f)
+}
+
+#[test]
+fn seed_traps() {
+    // TryVox MAX_ATTEMPTS_EXCEEDED: a 429 that is not a rate limit, never retried.
+    let v = case("tryvox", "max_attempts_exceeded");
+    assert_eq!(v["body"]["error"]["code"], "too_many_attempts");
+    assert_eq!(v["body"]["error"]["retryable"], false);
+    // TryVox DELIVERY_FAILED: a 502 that was processed.
+    let v = case("tryvox", "delivery_failed");
+    assert_eq!(
+        (v["status"].as_u64(), v["body"]["error"]["code"].as_str()),
+        (Some(502), Some("delivery_failed"))
+    );
+    assert_eq!(v["body"]["error"]["retryable"], false);
+    // Telephony.io 402 keeps its extra fields in upstream.body.
+    let v = case("telephony_io", "insufficient_balance");
+    assert_eq!(v["body"]["error"]["code"], "insufficient_credits");
+    assert_eq!(
+        v["body"]["error"]["upstream"]["body"]["required_credits"],
+        1.5
+    );
+    assert_eq!(
+        v["body"]["error"]["upstream"]["body"]["current_balance"],
+        0.25
+    );
+    // Agent platform: epoch X-RateLimit-Reset, and 503 asks for 30 s+.
+    let v = case("agent_platform", "rate_limited");
+    assert_eq!(v["body"]["error"]["retry_after_s"], 60);
+    assert_eq!(v["headers"]["retry-after"], "60");
+    let v = case("agent_platform", "service_unavailable");
+    assert_eq!(v["body"]["error"]["retry_after_s"], 30);
+    assert_eq!(v["unprocessed"], true);
+    let v = case("agent_platform", "name_in_use");
+    assert_eq!(v["body"]["error"]["code"], "conflict");
+    assert_eq!(v["body"]["error"]["upstream"]["request_id"], "req_abc123");
+    // TryVox details survive as {field, reason}.
+    let v = case("tryvox", "validation_failed");
+    assert_eq!(
+        v["body"]["error"]["details"][1],
+        json!({"field": "from", "reason": "required field missing"})
+    );
+}
