@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::normalize::{self, Profile, VendorResponse, MAX_ERROR_BODY};
+use crate::normalize::{self, capture, Profile, VendorResponse, MAX_ERROR_BODY};
 
 /// Parses `Name: value` header arguments.
 pub fn parse_headers(args: &[String]) -> Result<HeaderMap, String> {
@@ -24,17 +24,19 @@ pub fn parse_headers(args: &[String]) -> Result<HeaderMap, String> {
     Ok(map)
 }
 
-/// `switchboard normalize`: the response an app would get for this vendor response.
+/// `switchboard normalize`: the response an app would get for this vendor response. With a
+/// `status`, `file` is the body and `header_args` the headers; without, `file` is a capture
+/// ([`crate::normalize::capture`]) and `header_args` are added to its headers.
 pub fn normalize(
     vendor: &str,
-    status: u16,
+    status: Option<u16>,
     header_args: &[String],
     path: &str,
     profiles: &Path,
     file: Option<&Path>,
 ) -> Result<String, String> {
-    if !(100..=599).contains(&status) {
-        return Err(format!("invalid --status {status}"));
+    if let Some(s) = status.filter(|s| !(100..=599).contains(s)) {
+        return Err(format!("invalid --status {s}"));
     }
     let profile = Profile::load(profiles, vendor).map_err(|problems| {
         let lines: Vec<String> = problems
@@ -47,22 +49,42 @@ pub fn normalize(
             lines.join("\n")
         )
     })?;
-    let headers = parse_headers(header_args)?;
+    let mut headers = parse_headers(header_args)?;
     let mut body = Vec::new();
+    // A capture holds headers too; read a little more than the body cap for them.
+    let limit = MAX_ERROR_BODY as u64 + if status.is_some() { 1 } else { 64 * 1024 };
     match file {
         None => {}
         Some(p) if p == Path::new("-") => {
             std::io::stdin()
-                .take(MAX_ERROR_BODY as u64 + 1)
+                .take(limit)
                 .read_to_end(&mut body)
                 .map_err(|e| format!("stdin: {e}"))?;
         }
         Some(p) => {
             std::fs::File::open(p)
-                .and_then(|f| f.take(MAX_ERROR_BODY as u64 + 1).read_to_end(&mut body))
+                .and_then(|f| f.take(limit).read_to_end(&mut body))
                 .map_err(|e| format!("{}: {e}", p.display()))?;
         }
     }
+    let mut path = path.to_string();
+    let status = match status {
+        Some(s) => s,
+        None => {
+            if file.is_none() {
+                return Err("give --status CODE, or a captured response FILE".into());
+            }
+            let c = capture::parse(&body).map_err(|e| format!("capture: {e}"))?;
+            for (k, v) in &c.headers {
+                headers.append(k, v.clone());
+            }
+            if path == "/" {
+                path = c.path;
+            }
+            body = c.body;
+            c.status
+        }
+    };
     let truncated = body.len() > MAX_ERROR_BODY;
     body.truncate(MAX_ERROR_BODY);
     let resp = VendorResponse {
@@ -70,7 +92,7 @@ pub fn normalize(
         headers: &headers,
         body: &body,
         truncated,
-        path,
+        path: &path,
     };
     let now = SystemTime::now();
     let normalized = if (200..300).contains(&status) {

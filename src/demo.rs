@@ -90,7 +90,7 @@ pub fn banner(cfg: &Config) -> String {
         "  # a call placed through Switchboard (success passes through untouched)\n  curl -si -X POST http://{tv}/v1/calls -H 'Authorization: Bearer sk_test_demo' -H 'Content-Type: application/json' -d '{{\"to\":\"+14155551234\",\"from\":\"+14155550000\"}}'\n\n"
     ));
     s.push_str(&format!(
-        "  # a vendor error (the simulator answers TryVox's documented 422)\n  curl -si -X POST http://{tv}/v1/verify/check -H 'Authorization: Bearer sk_test_demo' -d '{{\"code\":\"000000\"}}'\n\n"
+        "  # a vendor error, rewritten: TryVox's 422 VERIFICATION_FAILED -> canonical verification_failed\n  curl -si -X POST http://{tv}/v1/verify/check -H 'Authorization: Bearer sk_test_demo' -d '{{\"code\":\"000000\"}}'\n\n  # a vendor 429 that is NOT a rate limit -> too_many_attempts, retryable: false\n  curl -si -X POST http://{tv}/v1/verify/start -H 'Authorization: Bearer sk_test_demo' -d '{{}}'\n\n"
     ));
     s.push_str(&format!(
         "  # a vendor that cannot be reached: the canonical envelope, upstream_unavailable\n  curl -si http://{down}/api/v1/calls\n\n"

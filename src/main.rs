@@ -55,9 +55,10 @@ enum Cmd {
         /// Vendor profile (`generic` for the detector alone).
         #[arg(long)]
         vendor: String,
-        /// The vendor's HTTP status.
+        /// The vendor's HTTP status; without it, FILE is a whole captured response
+        /// (status line, headers, blank line, body: the golden fixture format).
         #[arg(long)]
-        status: u16,
+        status: Option<u16>,
         /// A vendor response header, `Name: value` (repeatable).
         #[arg(long = "header", value_name = "K: V")]
         headers: Vec<String>,
@@ -67,7 +68,7 @@ enum Cmd {
         /// Folder of vendor profiles.
         #[arg(long, default_value = "config/profiles")]
         profiles: PathBuf,
-        /// The body file, or `-` for stdin (default: empty body).
+        /// The body file (or capture, see --status), `-` for stdin; default: empty body.
         file: Option<PathBuf>,
     },
     /// Simulator + Switchboard in front of it on 127.0.0.1, with curl lines to try.

@@ -9,77 +9,16 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{json, Value};
+use switchboard::normalize::capture::{self, Capture};
 use switchboard::normalize::{self, Profile, VendorResponse};
 
 /// Golden runs pretend it is 2024-01-24T23:59:00Z, so epoch reset headers are stable.
 fn now() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_706_140_740)
-}
-
-struct Fixture {
-    status: u16,
-    headers: HeaderMap,
-    body: Vec<u8>,
-    path: String,
-}
-
-fn parse(raw: &[u8]) -> Fixture {
-    let mut rest = raw;
-    let mut lines = Vec::new();
-    loop {
-        let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
-        let line = String::from_utf8_lossy(&rest[..end])
-            .trim_end_matches('\r')
-            .to_string();
-        rest = if end < rest.len() {
-            &rest[end + 1..]
-        } else {
-            &[]
-        };
-        if line.starts_with('#') && lines.is_empty() {
-            continue;
-        }
-        if line.is_empty() {
-            break;
-        }
-        lines.push(line);
-    }
-    let status: u16 = lines[0].split_whitespace().nth(1).unwrap().parse().unwrap();
-    let mut headers = HeaderMap::new();
-    let (mut gzip, mut path) = (false, "/".to_string());
-    for l in &lines[1..] {
-        let (k, v) = l.split_once(':').unwrap();
-        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-        match k.as_str() {
-            "x-fixture-gzip" => gzip = true,
-            "x-fixture-path" => path = v.to_string(),
-            _ => {
-                headers.append(
-                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                    HeaderValue::from_str(v).unwrap(),
-                );
-            }
-        }
-    }
-    let mut body = rest.to_vec();
-    if gzip {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        enc.write_all(&body).unwrap();
-        body = enc.finish().unwrap();
-        headers.insert("content-encoding", HeaderValue::from_static("gzip"));
-    }
-    Fixture {
-        status,
-        headers,
-        body,
-        path,
-    }
 }
 
 fn profile_for(dir: &str) -> Profile {
@@ -96,7 +35,7 @@ fn profile_for(dir: &str) -> Profile {
 }
 
 /// What the app would receive, as JSON.
-fn answer(profile: &Profile, vendor: &str, f: &Fixture) -> Value {
+fn answer(profile: &Profile, vendor: &str, f: &Capture) -> Value {
     let resp = VendorResponse {
         status: f.status,
         headers: &f.headers,
@@ -132,7 +71,8 @@ fn run_folder(dir: &Path, update: bool, failures: &mut Vec<String>) -> usize {
     let mut n = 0;
     for case in support::files_with_ext(dir, "http") {
         n += 1;
-        let f = parse(&std::fs::read(&case).unwrap());
+        let f = capture::parse(&std::fs::read(&case).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", case.display()));
         let got = serde_json::to_string_pretty(&answer(&profile, &name, &f)).unwrap() + "\n";
         let golden = case.with_extension("expected.json");
         if update {
@@ -191,12 +131,13 @@ fn every_seed_example_has_a_fixture() {
 }
 
 fn case(vendor: &str, name: &str) -> Value {
-    let f = parse(
+    let f = capture::parse(
         &std::fs::read(
             support::root().join(format!("tests/fixtures/normalize/{vendor}/{name}.http")),
         )
         .unwrap(),
-    );
+    )
+    .unwrap();
     answer(&profile_for(vendor), vendor, &f)
 }
 

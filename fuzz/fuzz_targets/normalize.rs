@@ -20,8 +20,21 @@ static PROFILES: LazyLock<Vec<Profile>> = LazyLock::new(|| {
     v
 });
 
-const HEADER_VALUES: [&str; 6] = ["gzip", "deflate", "60", "1706140800", "Wed, 21 Oct 2015 07:28:00 GMT", "text/html"];
-const HEADER_NAMES: [&str; 5] = ["content-encoding", "retry-after", "x-ratelimit-reset", "content-type", "x-request-id"];
+const HEADER_VALUES: [&str; 6] = [
+    "gzip",
+    "deflate",
+    "60",
+    "1706140800",
+    "Wed, 21 Oct 2015 07:28:00 GMT",
+    "text/html",
+];
+const HEADER_NAMES: [&str; 5] = [
+    "content-encoding",
+    "retry-after",
+    "x-ratelimit-reset",
+    "content-type",
+    "x-request-id",
+];
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 4 {
@@ -37,7 +50,13 @@ fuzz_target!(|data: &[u8]| {
     }
     let profile = &PROFILES[data[3] as usize % PROFILES.len()];
     let body = &data[4..];
-    let resp = VendorResponse { status, headers: &headers, body, truncated: data[2] & 0x80 != 0, path: "/v1/messages" };
+    let resp = VendorResponse {
+        status,
+        headers: &headers,
+        body,
+        truncated: data[2] & 0x80 != 0,
+        path: "/v1/messages",
+    };
     let n = normalize::normalize(profile, "fuzz", "sb-fuzz", &resp, SystemTime::now());
     let json = serde_json_check(&n.envelope);
     assert!(json, "envelope must serialise");

@@ -9,6 +9,7 @@
 //! Approximate by nature: the generic detector guesses from common shapes and keywords;
 //! profiles make a vendor exact.
 
+pub mod capture;
 pub mod classify;
 pub mod detect;
 pub mod hints;
@@ -151,9 +152,7 @@ pub fn success_error(
     let doc = parse_json(&bytes)?;
     let rule = profile.success_errors.iter().find(|r| {
         r.matcher.matches(resp.status, None, "", resp.path)
-            && doc
-                .pointer(&r.pointer)
-                .is_some_and(|v| r.equals.contains(v))
+            && detect::lookup(&doc, &r.pointer).is_some_and(|v| r.equals.contains(v))
     })?;
     let forced = rule.code;
     Some(build(profile, vendor, request_id, resp, now, Some(forced)))

@@ -289,8 +289,9 @@ struct RawMatch {
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum OneOrMany<T> {
-    One(T),
+    // `Many` first: with `T = Value`, `One` would also accept a list, as a single value.
     Many(Vec<T>),
+    One(T),
 }
 
 impl<T> OneOrMany<T> {

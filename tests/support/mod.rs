@@ -26,8 +26,13 @@ pub fn free_port() -> u16 {
 
 /// Starts the simulator for `vendor` with a scenario given as YAML.
 pub async fn sim(vendor: &str, scenario_yaml: &str) -> Simulator {
+    sim_in(&root().join("config/profiles"), vendor, scenario_yaml).await
+}
+
+/// Like [`sim`], with the vendor's profile taken from another folder.
+pub async fn sim_in(profiles: &Path, vendor: &str, scenario_yaml: &str) -> Simulator {
     let scenario = Scenario::from_yaml(scenario_yaml).expect("scenario");
-    let dialect = Dialect::load(&root().join("config/profiles"), vendor).expect("dialect");
+    let dialect = Dialect::load(profiles, vendor).expect("dialect");
     Simulator::start("127.0.0.1:0".parse().unwrap(), scenario, dialect, true)
         .await
         .expect("simulator")
@@ -49,9 +54,13 @@ impl Drop for Sb {
 
 /// Config preamble: admin on a free port, profiles from the repo.
 pub fn preamble(admin_port: u16, grace: &str) -> String {
+    preamble_in(admin_port, grace, &root().join("config/profiles"))
+}
+
+fn preamble_in(admin_port: u16, grace: &str, profiles: &Path) -> String {
     format!(
         "admin: {{ listen: 127.0.0.1:{admin_port} }}\nshutdown: {{ grace_period: {grace} }}\nlog: {{ level: warn }}\nprofiles_dir: {}\n",
-        root().join("config/profiles").display()
+        profiles.display()
     )
 }
 
@@ -63,8 +72,20 @@ impl Sb {
 
     /// Like [`Sb::start`], with a grace period and extra environment.
     pub fn start_with(vendors_yaml: &str, grace: &str, env: &[(&str, String)]) -> Sb {
+        Self::start_full(vendors_yaml, grace, env, &root().join("config/profiles"))
+    }
+
+    /// Like [`Sb::start`], with profiles from another folder.
+    pub fn start_in(vendors_yaml: &str, profiles: &Path) -> Sb {
+        Self::start_full(vendors_yaml, "5s", &[], profiles)
+    }
+
+    fn start_full(vendors_yaml: &str, grace: &str, env: &[(&str, String)], profiles: &Path) -> Sb {
         let admin_port = free_port();
-        let text = format!("{}vendors:\n{vendors_yaml}", preamble(admin_port, grace));
+        let text = format!(
+            "{}vendors:\n{vendors_yaml}",
+            preamble_in(admin_port, grace, profiles)
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("switchboard.yaml");
         std::fs::write(&file, text).expect("write config");

@@ -1,0 +1,295 @@
+//! End-to-end tests of error normalisation in the proxy: every seed example sent by the
+//! simulator through the real binary must come out as its golden envelope; plus the paths
+//! the golden tests cannot see (gzip on the wire, bodies past the buffer cap, passthrough,
+//! errors inside 2xx bodies, vendors without a profile).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+
+use serde_json::Value;
+use support::*;
+use switchboard::simulator::{Dialect, Simulator};
+
+const SEED_VENDORS: [&str; 4] = ["tryvox", "telephony_io", "agent_platform", "line_platform"];
+
+/// The profile's example names.
+fn example_names(vendor: &str) -> Vec<String> {
+    Dialect::load(&root().join("config/profiles"), vendor)
+        .expect("profile")
+        .examples
+        .into_keys()
+        .collect()
+}
+
+/// A simulator answering `/ex/<NAME>/` with the profile's example NAME.
+async fn example_sim(vendor: &str, names: &[String]) -> Simulator {
+    let mut yaml = String::from("rules:\n");
+    for n in names {
+        yaml.push_str(&format!(
+            "  - match: {{ path_prefix: /ex/{n}/ }}\n    steps: [ {{ vendor_error: {n} }} ]\n"
+        ));
+    }
+    sim(vendor, &yaml).await
+}
+
+fn without(mut v: Value, pointer: &str) -> Value {
+    let (parent, key) = pointer.rsplit_once('/').unwrap();
+    if let Some(Value::Object(m)) = v.pointer_mut(parent) {
+        m.remove(key);
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_seed_example_through_the_proxy_matches_its_golden_envelope() {
+    let mut sims = Vec::new();
+    let mut vendors_yaml = String::new();
+    let mut plan = Vec::new();
+    for vendor in SEED_VENDORS {
+        let names = example_names(vendor);
+        let s = example_sim(vendor, &names).await;
+        let port = free_port();
+        vendors_yaml.push_str(&vendor_yaml(
+            vendor,
+            port,
+            &format!("http://{}", s.addr()),
+            &format!("    profile: {vendor}\n"),
+        ));
+        sims.push(s);
+        plan.push((vendor, local(port), names));
+    }
+    let _sb = Sb::start(&vendors_yaml);
+
+    let mut checked = 0;
+    for (vendor, addr, names) in plan {
+        for name in names {
+            let golden_path = root().join(format!(
+                "tests/fixtures/normalize/{vendor}/{}.expected.json",
+                name.to_lowercase()
+            ));
+            let golden: Value =
+                serde_json::from_str(&std::fs::read_to_string(&golden_path).unwrap()).unwrap();
+            let raw = request(
+                "POST",
+                &format!("/ex/{name}/"),
+                &[
+                    ("X-Request-Id", "sb-golden"),
+                    ("Content-Type", "application/json"),
+                ],
+                Some(b"{}"),
+            );
+            let r = send(addr, &raw).await;
+            let ctx = format!("{vendor}/{name}: {}", r.text());
+            assert_eq!(u64::from(r.status), golden["status"], "{ctx}");
+            assert_eq!(r.header("content-type"), Some("application/json"), "{ctx}");
+            for (k, v) in golden["headers"].as_object().unwrap() {
+                if k == "retry-after" {
+                    continue;
+                }
+                assert_eq!(r.header(k), v.as_str(), "{ctx}: header {k}");
+            }
+            let body = r.json();
+            // Retry hints computed from an epoch reset depend on the clock; the rest must be
+            // byte-for-byte what the golden file says.
+            let want_hint = &golden["body"]["error"]["retry_after_s"];
+            let got_hint = &body["error"]["retry_after_s"];
+            assert_eq!(want_hint.is_null(), got_hint.is_null(), "{ctx}: retry hint");
+            if let Some(secs) = got_hint.as_u64() {
+                assert_eq!(r.header("retry-after"), Some(secs.to_string().as_str()));
+            } else {
+                assert_eq!(r.header("retry-after"), None, "{ctx}");
+            }
+            assert_eq!(
+                without(body, "/error/retry_after_s"),
+                without(golden["body"].clone(), "/error/retry_after_s"),
+                "{ctx}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 25, "only {checked} examples checked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epoch_reset_becomes_a_retry_after_in_seconds() {
+    let names = vec!["rate_limited".to_string()];
+    let s = example_sim("agent_platform", &names).await;
+    let port = free_port();
+    let _sb = Sb::start(&vendor_yaml(
+        "agent_platform",
+        port,
+        &format!("http://{}", s.addr()),
+        "    profile: agent_platform\n",
+    ));
+    let r = get(local(port), "/ex/rate_limited/").await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "rate_limited");
+    // The simulator set X-RateLimit-Reset to now+30 (epoch seconds).
+    let secs = v["error"]["retry_after_s"].as_u64().unwrap();
+    assert!((28..=31).contains(&secs), "retry_after_s {secs}");
+    assert_eq!(r.header("retry-after"), Some(secs.to_string().as_str()));
+}
+
+/// One vendor with a profile in front of a simulator running `scenario`.
+async fn one(vendor: &str, scenario: &str, extra: &str) -> (Simulator, Sb, SocketAddr) {
+    let s = sim(vendor, scenario).await;
+    let port = free_port();
+    let sb = Sb::start(&vendor_yaml(
+        vendor,
+        port,
+        &format!("http://{}", s.addr()),
+        &format!("    profile: {vendor}\n    timeouts: {{ connect: 1s, response: 2s }}\n{extra}"),
+    ));
+    (s, sb, local(port))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_error_bodies_are_decoded() {
+    let (_s, _sb, addr) = one(
+        "tryvox",
+        "default: { vendor_error: MAX_ATTEMPTS_EXCEEDED, gzip: true }\n",
+        "",
+    )
+    .await;
+    let r = get(addr, "/v1/verify/check").await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.header("content-encoding"), None);
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "too_many_attempts");
+    assert_eq!(v["error"]["retryable"], false);
+    assert_eq!(v["error"]["upstream"]["code"], "MAX_ATTEMPTS_EXCEEDED");
+    assert_eq!(
+        v["error"]["upstream"]["body"]["error"]["message"],
+        "Too many check attempts"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_bodies_past_the_cap_are_cut_and_say_so() {
+    let (s, _sb, addr) = one(
+        "tryvox",
+        "rules:\n  - match: { path_prefix: /big }\n    steps: [ { status: 500, body_size: 300000 } ]\ndefault: { status: 200, json: { ok: true } }\n",
+        "",
+    )
+    .await;
+    let mut conn = Conn::open(addr).await;
+    let r = conn.send(&request("GET", "/big", &[], None)).await.unwrap();
+    assert_eq!(r.status, 500, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "internal_error");
+    assert_eq!(v["error"]["upstream"]["status"], 500);
+    let kept = v["error"]["upstream"]["body"].as_str().unwrap();
+    assert!(kept.contains("truncated by switchboard"), "{kept:.200}");
+    assert!(
+        r.body.len() < 64 * 1024,
+        "envelope is {} bytes",
+        r.body.len()
+    );
+    // The app's connection survives; the half-read vendor connection is not reused.
+    let r = conn.send(&request("GET", "/ok", &[], None)).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["ok"], true);
+    assert_eq!(s.requests().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_errors_leaves_vendor_errors_untouched() {
+    let (_s, _sb, addr) = one(
+        "tryvox",
+        "default: { vendor_error: DELIVERY_FAILED }\n",
+        "    passthrough_errors: true\n",
+    )
+    .await;
+    let r = get(addr, "/v1/calls").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("x-switchboard-error"), None);
+    let v = r.json();
+    assert_eq!(
+        v["error"]["code"], "DELIVERY_FAILED",
+        "vendor body as sent: {v}"
+    );
+    assert!(r.header("x-request-id").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vendor_without_a_profile_uses_the_generic_detector() {
+    let s = sim(
+        "tryvox",
+        "rules:\n  - match: { path_prefix: /card }\n    steps: [ { status: 402, json: { error: { type: card_error, code: balance_insufficient, message: Your balance is too low } } } ]\n  - match: { path_prefix: /gw }\n    steps: [ { status: 502, headers: { content-type: text/html }, body: '<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>' } ]\n",
+    )
+    .await;
+    let port = free_port();
+    let _sb = Sb::start(&vendor_yaml(
+        "acme",
+        port,
+        &format!("http://{}", s.addr()),
+        "",
+    ));
+    let r = get(local(port), "/card").await;
+    assert_eq!(r.status, 402, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "insufficient_credits");
+    assert_eq!(v["error"]["vendor"], "acme");
+    assert_eq!(v["error"]["upstream"]["code"], "balance_insufficient");
+
+    // A gateway's HTML page says nothing usable: the status decides.
+    let r = get(local(port), "/gw").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "upstream_unavailable");
+    assert_eq!(r.json()["error"]["upstream"]["status"], 502);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_reported_inside_2xx_bodies_become_envelopes() {
+    let profiles = root().join("tests/fixtures/profiles");
+    let s = sim_in(
+        &profiles,
+        "sms_gateway",
+        r#"rules:
+  - match: { path_prefix: /v1/messages/fail }
+    steps: [ { status: 200, json: { messages: [ { status: rejected, error_code: "29", error_text: "Recipient has opted out" } ] } } ]
+  - match: { path_prefix: /v1/messages }
+    steps: [ { status: 200, body: '{"messages":[{"status":"queued","id":"m1"}]}' } ]
+  - match: { path_prefix: /v1/other }
+    steps: [ { status: 200, json: { messages: [ { status: failed } ] } } ]
+"#,
+    )
+    .await;
+    let port = free_port();
+    let _sb = Sb::start_in(
+        &vendor_yaml(
+            "sms_gateway",
+            port,
+            &format!("http://{}", s.addr()),
+            "    profile: sms_gateway\n",
+        ),
+        &profiles,
+    );
+    let r = send(
+        local(port),
+        &request("POST", "/v1/messages/fail", &[], Some(b"{}")),
+    )
+    .await;
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "delivery_failed", "{v}");
+    assert_eq!(r.status, 502);
+    assert_eq!(v["error"]["upstream"]["status"], 200);
+    assert_eq!(v["error"]["upstream"]["code"], "29");
+
+    // A 2xx the rule inspects and finds fine goes through byte for byte.
+    let r = send(
+        local(port),
+        &request("POST", "/v1/messages", &[], Some(b"{}")),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), r#"{"messages":[{"status":"queued","id":"m1"}]}"#);
+
+    // Outside the rule's paths a 2xx is never inspected.
+    let r = get(local(port), "/v1/other").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["messages"][0]["status"], "failed");
+}
