@@ -65,12 +65,12 @@ pub fn banner(cfg: &Config) -> String {
         String::from("\nSwitchboard demo — everything on 127.0.0.1, no network needed.\n\n");
     for v in &cfg.vendors {
         s.push_str(&format!(
-            "  vendor {:<12} http://{}  ->  {}\n",
+            "  vendor {:<14} http://{}  ->  {}\n",
             v.name, v.listen, v.upstream.url
         ));
     }
     s.push_str(&format!(
-        "  admin               http://{}/metrics  /healthz  /readyz\n\n",
+        "  admin                 http://{}/metrics  /healthz  /readyz\n\n",
         cfg.admin.listen
     ));
     let tv = cfg

@@ -158,6 +158,9 @@ const FAMILIES: &[(Code, &[&str])] = &[
 
 /// Lower-cases and splits identifiers into words: `maxAttempts_EXCEEDED` -> `max attempts exceeded`.
 pub fn words(s: &str) -> String {
+    if s.is_ascii() {
+        return ascii_words(s.as_bytes());
+    }
     let mut out = String::with_capacity(s.len() + 8);
     let mut prev_lower = false;
     for c in s.chars() {
@@ -175,6 +178,28 @@ pub fn words(s: &str) -> String {
         }
     }
     out
+}
+
+/// [`words`] for ASCII text (nearly every vendor code and message), byte by byte.
+fn ascii_words(s: &[u8]) -> String {
+    let mut out = Vec::with_capacity(s.len() + 8);
+    let mut prev_lower = false;
+    for &c in s {
+        if c.is_ascii_alphanumeric() {
+            if c.is_ascii_uppercase() && prev_lower {
+                out.push(b' ');
+            }
+            prev_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
+            out.push(c.to_ascii_lowercase());
+        } else {
+            if out.last() != Some(&b' ') {
+                out.push(b' ');
+            }
+            prev_lower = false;
+        }
+    }
+    // Only ASCII bytes were pushed.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 const _: () = assert!(FAMILIES.len() <= 32, "family masks are u32");
@@ -302,6 +327,25 @@ pub fn canonical(status: u16, vendor_code: Option<&str>, message: Option<&str>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ascii_fast_path_agrees_with_the_general_one() {
+        for t in [
+            "MAX_ATTEMPTS_EXCEEDED",
+            "insufficientBalance",
+            "Rate-Limited!",
+            "",
+            " a  b ",
+            "x9Y",
+            "API key",
+        ] {
+            assert_eq!(
+                ascii_words(t.as_bytes()),
+                words(&format!("{t}é")).trim_end_matches('é').to_string(),
+                "{t:?}"
+            );
+        }
+    }
 
     #[test]
     fn words_split_identifiers() {

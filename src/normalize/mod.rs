@@ -86,10 +86,10 @@ fn decoded<'a>(headers: &HeaderMap, body: &'a [u8]) -> (Cow<'a, [u8]>, bool) {
     }
 }
 
-fn kept_body(bytes: &[u8], doc: Option<&Value>, cut: bool) -> Value {
+fn kept_body(bytes: &[u8], doc: Option<Value>, cut: bool) -> Value {
     if let (Some(doc), false) = (doc, cut) {
         if bytes.len() <= MAX_KEPT_BODY {
-            return doc.clone();
+            return doc;
         }
     }
     if bytes.is_empty() && !cut {
@@ -238,7 +238,7 @@ fn build(
                 status: resp.status,
                 code: extracted.code,
                 request_id: extracted.request_id,
-                body: kept_body(&bytes, doc.as_ref(), cut),
+                body: kept_body(&bytes, doc, cut),
             }),
         },
         request_id: request_id.to_string(),
