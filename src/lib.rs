@@ -10,6 +10,7 @@ pub mod demo;
 pub mod envelope;
 pub mod headers;
 pub mod lifecycle;
+pub mod limits;
 pub mod metrics;
 pub mod normalize;
 pub mod proxy;
