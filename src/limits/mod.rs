@@ -55,9 +55,16 @@ struct Pending {
     new: u64,
 }
 
+/// This thread's decision in progress: while `active`, state changes are recorded in
+/// `pending` instead of written. The buffer is kept between decisions (no allocation).
+#[derive(Default)]
+struct Tx {
+    active: bool,
+    pending: Vec<Pending>,
+}
+
 thread_local! {
-    /// `Some` while this thread is inside [`decide`]: state changes are recorded here.
-    static TX: RefCell<Option<Vec<Pending>>> = const { RefCell::new(None) };
+    static TX: RefCell<Tx> = RefCell::new(Tx::default());
 }
 
 /// Keyed GCRA state (theoretical arrival time per key, 0 = never seen) that can defer its
@@ -75,9 +82,16 @@ impl TxStore {
 
     /// Sets `key` from `old` to `new` if nobody changed it meanwhile.
     fn swap(&self, key: u64, old: u64, new: u64) -> bool {
+        let cas = |slot: &AtomicU64| {
+            slot.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        };
+        // A shared (read) lock on the shard for known keys; the write lock only to insert.
+        if let Some(slot) = self.0.get(&key) {
+            return cas(&slot);
+        }
         let slot = self.0.entry(key).or_insert_with(|| AtomicU64::new(0));
-        slot.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        cas(&slot)
     }
 
     /// Live keys.
@@ -98,7 +112,7 @@ impl StateStore for TxStore {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        let in_tx = TX.with(|t| t.borrow().is_some());
+        let in_tx = TX.with(|t| t.borrow().active);
         loop {
             let old = self.load(*key);
             let prev = (old != 0).then(|| Nanos::from(old));
@@ -107,13 +121,11 @@ impl StateStore for TxStore {
             let new = u64::from(new).max(1);
             if in_tx {
                 TX.with(|t| {
-                    if let Some(p) = t.borrow_mut().as_mut() {
-                        p.push(Pending {
-                            key: *key,
-                            old,
-                            new,
-                        });
-                    }
+                    t.borrow_mut().pending.push(Pending {
+                        key: *key,
+                        old,
+                        new,
+                    })
                 });
                 return Ok(out);
             }
@@ -169,7 +181,11 @@ pub enum Decision {
 /// Takes one token from every `(bucket, key)` if all have one, else none.
 pub fn decide<C: Clock>(checks: &[(&Bucket<C>, u64)]) -> Decision {
     loop {
-        TX.with(|t| *t.borrow_mut() = Some(Vec::with_capacity(checks.len())));
+        TX.with(|t| {
+            let mut t = t.borrow_mut();
+            t.active = true;
+            t.pending.clear();
+        });
         let mut wait: Option<Duration> = None;
         for (bucket, key) in checks {
             if let Err(not_until) = bucket.limiter.check_key(key) {
@@ -177,28 +193,35 @@ pub fn decide<C: Clock>(checks: &[(&Bucket<C>, u64)]) -> Decision {
                 wait = Some(wait.map_or(w, |x| x.max(w)));
             }
         }
-        let pending = TX.with(|t| t.borrow_mut().take()).unwrap_or_default();
+        TX.with(|t| t.borrow_mut().active = false);
         if let Some(w) = wait {
             return Decision::Deny(w);
         }
-        // Every allowing check recorded exactly one change, in order.
-        let mut committed = 0;
-        for (p, (bucket, _)) in pending.iter().zip(checks) {
-            if !bucket.store.swap(p.key, p.old, p.new) {
-                break;
-            }
-            committed += 1;
-        }
-        if committed == pending.len() {
+        let done = TX.with(|t| commit(&t.borrow().pending, checks));
+        if done {
             return Decision::Allow;
         }
-        // Another request changed a bucket between our read and our write: undo what we
-        // wrote (unless it moved on again, in which case keeping it only makes the bucket
-        // stricter, never looser) and decide again on fresh state.
-        for (p, (bucket, _)) in pending.iter().zip(checks).take(committed) {
-            bucket.store.swap(p.key, p.new, p.old);
-        }
     }
+}
+
+/// Writes the recorded changes (one per check, in order) if nobody raced us. On a lost race,
+/// undoes what it wrote — unless that moved on again, in which case keeping it only makes
+/// the bucket stricter, never looser — and says to decide again on fresh state.
+fn commit<C: Clock>(pending: &[Pending], checks: &[(&Bucket<C>, u64)]) -> bool {
+    let mut committed = 0;
+    for (p, (bucket, _)) in pending.iter().zip(checks) {
+        if !bucket.store.swap(p.key, p.old, p.new) {
+            break;
+        }
+        committed += 1;
+    }
+    if committed == pending.len() {
+        return true;
+    }
+    for (p, (bucket, _)) in pending.iter().zip(checks).take(committed) {
+        bucket.store.swap(p.key, p.new, p.old);
+    }
+    false
 }
 
 #[cfg(test)]
