@@ -114,16 +114,13 @@ async fn every_seed_example_through_the_proxy_matches_its_golden_envelope() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn epoch_reset_becomes_a_retry_after_in_seconds() {
-    let names = vec!["rate_limited".to_string()];
-    let s = example_sim("agent_platform", &names).await;
-    let port = free_port();
-    let _sb = Sb::start(&vendor_yaml(
+    let (_s, _sb, addr) = one(
         "agent_platform",
-        port,
-        &format!("http://{}", s.addr()),
-        "    profile: agent_platform\n",
-    ));
-    let r = get(local(port), "/ex/rate_limited/").await;
+        "default: { vendor_error: rate_limited }\n",
+        "",
+    )
+    .await;
+    let r = get(addr, "/v1/agents").await;
     assert_eq!(r.status, 429, "{}", r.text());
     let v = r.json();
     assert_eq!(v["error"]["code"], "rate_limited");

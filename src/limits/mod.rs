@@ -141,7 +141,6 @@ pub struct Bucket<C: Clock> {
     limiter: RateLimiter<u64, TxStore, C, NoOpMiddleware<C::Instant>>,
     store: TxStore,
     clock: C,
-    shape: Shape,
 }
 
 impl<C: Clock + Clone> Bucket<C> {
@@ -153,13 +152,7 @@ impl<C: Clock + Clone> Bucket<C> {
             limiter,
             store,
             clock,
-            shape,
         })
-    }
-
-    /// The shape it was built with.
-    pub fn shape(&self) -> Shape {
-        self.shape
     }
 
     /// Keys with state.

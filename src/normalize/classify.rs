@@ -266,33 +266,47 @@ const ALL_CLIENT: [Code; 12] = [
     Code::ValidationFailed,
 ];
 
-const CLIENT_400: [Code; 11] = [
-    Code::TooManyAttempts,
-    Code::ConsentRequired,
-    Code::InsufficientCredits,
-    Code::AuthenticationFailed,
-    Code::VerificationFailed,
-    Code::NotFound,
-    Code::Conflict,
-    Code::RateLimited,
-    Code::PayloadTooLarge,
-    Code::DeliveryFailed,
-    Code::ValidationFailed,
-];
+/// The keyword families named in the vendor's code and in its message.
+#[derive(Clone, Copy)]
+struct Found {
+    code: u32,
+    message: u32,
+}
+
+impl Found {
+    /// The same, blind to one family.
+    fn without(self, c: Code) -> Found {
+        let bit = FAMILIES
+            .iter()
+            .position(|(f, _)| *f == c)
+            .map_or(0, |i| 1u32 << i);
+        Found {
+            code: self.code & !bit,
+            message: self.message & !bit,
+        }
+    }
+
+    /// The family to use among `allowed`. The vendor's code speaks first, but a code that
+    /// only says "invalid" (validation) yields to a message that names something more
+    /// specific ("API key not valid", "already in use").
+    fn pick(self, allowed: &[Code]) -> Option<Code> {
+        match family(self.code, allowed) {
+            Some(Code::ValidationFailed) | None => family(self.message, allowed)
+                .filter(|c| *c != Code::ValidationFailed)
+                .or_else(|| family(self.code, allowed))
+                .or_else(|| family(self.message, allowed)),
+            specific => specific,
+        }
+    }
+}
 
 /// The canonical code for a vendor error nothing more specific matched.
 pub fn canonical(status: u16, vendor_code: Option<&str>, message: Option<&str>) -> Code {
-    let code_words = vendor_code.map(|c| found(&words(c))).unwrap_or(0);
-    let msg_words = message.map(|m| found(&words(m))).unwrap_or(0);
-    // The vendor's code speaks first, but a code that only says "invalid" (validation) yields
-    // to a message that names something more specific ("API key not valid", "already in use").
-    let pick = |allowed: &[Code]| match family(code_words, allowed) {
-        Some(Code::ValidationFailed) | None => family(msg_words, allowed)
-            .filter(|c| *c != Code::ValidationFailed)
-            .or_else(|| family(code_words, allowed))
-            .or_else(|| family(msg_words, allowed)),
-        specific => specific,
+    let named = Found {
+        code: vendor_code.map(|c| found(&words(c))).unwrap_or(0),
+        message: message.map(|m| found(&words(m))).unwrap_or(0),
     };
+    let pick = |allowed: &[Code]| named.pick(allowed);
     match status {
         401 => Code::AuthenticationFailed,
         402 => Code::InsufficientCredits,
@@ -319,7 +333,10 @@ pub fn canonical(status: u16, vendor_code: Option<&str>, message: Option<&str>) 
         ])
         .unwrap_or(Code::InternalError),
         // Permission problems come as 403; in a 400/422 "not allowed" means an invalid value.
-        400 | 422 => pick(&CLIENT_400).unwrap_or(Code::ValidationFailed),
+        400 | 422 => named
+            .without(Code::PermissionDenied)
+            .pick(&ALL_CLIENT)
+            .unwrap_or(Code::ValidationFailed),
         _ => pick(&ALL_CLIENT).unwrap_or(Code::UnknownError),
     }
 }

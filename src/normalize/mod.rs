@@ -137,7 +137,7 @@ pub fn normalize(
     resp: &VendorResponse<'_>,
     now: SystemTime,
 ) -> Normalized {
-    build(profile, vendor, request_id, resp, now, None)
+    build(profile, vendor, request_id, resp, now, read(resp), None)
 }
 
 /// For a 2xx response that a profile rule may declare an error: the envelope when it does.
@@ -148,27 +148,45 @@ pub fn success_error(
     resp: &VendorResponse<'_>,
     now: SystemTime,
 ) -> Option<Normalized> {
-    let (bytes, _) = decoded(resp.headers, resp.body);
-    let doc = parse_json(&bytes)?;
+    let body = read(resp);
+    let doc = body.doc.as_ref()?;
     let rule = profile.success_errors.iter().find(|r| {
         r.matcher.matches(resp.status, None, "", resp.path)
-            && detect::lookup(&doc, &r.pointer).is_some_and(|v| r.equals.contains(v))
+            && detect::lookup(doc, &r.pointer).is_some_and(|v| r.equals.contains(v))
     })?;
     let forced = rule.code;
-    Some(build(profile, vendor, request_id, resp, now, Some(forced)))
+    Some(build(profile, vendor, request_id, resp, now, body, forced))
 }
 
+/// A vendor body ready to read: decompressed (capped), and parsed when it is JSON.
+struct Decoded<'a> {
+    bytes: Cow<'a, [u8]>,
+    /// Less than the whole body: the read or the decompression was capped.
+    cut: bool,
+    doc: Option<Value>,
+}
+
+fn read<'a>(resp: &VendorResponse<'a>) -> Decoded<'a> {
+    let (bytes, decode_cut) = decoded(resp.headers, resp.body);
+    let doc = parse_json(&bytes);
+    Decoded {
+        bytes,
+        cut: resp.truncated || decode_cut,
+        doc,
+    }
+}
+
+/// The envelope for a vendor response; `forced` is the code a `success_errors` rule names.
 fn build(
     profile: &Profile,
     vendor: &str,
     request_id: &str,
     resp: &VendorResponse<'_>,
     now: SystemTime,
-    forced: Option<Option<Code>>,
+    body: Decoded<'_>,
+    forced: Option<Code>,
 ) -> Normalized {
-    let (bytes, decode_cut) = decoded(resp.headers, resp.body);
-    let cut = resp.truncated || decode_cut;
-    let doc = parse_json(&bytes);
+    let Decoded { bytes, cut, doc } = body;
     let extracted = match &doc {
         Some(d) => detect::from_json(d, resp.headers, profile, resp.status),
         None => detect::from_text(
@@ -190,7 +208,7 @@ fn build(
         .map(|r| r.mapping)
         .or_else(|| vcode.and_then(|c| profile.codes.get(c).copied()));
     let code = match (forced, mapping) {
-        (Some(Some(c)), _) => c,
+        (Some(c), _) => c,
         (_, Some(m)) => m.code,
         _ => classify::canonical(resp.status, vcode, extracted.message.as_deref()),
     };
@@ -289,6 +307,20 @@ mod tests {
             e.error.upstream.map(|u| u.code),
             Some(Some("NOT_FOUND".into()))
         );
+    }
+
+    #[test]
+    fn deflate_bodies_are_read() {
+        use std::io::Write;
+        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        let _ = enc.write_all(br#"{"error":{"code":"NOT_FOUND","message":"gone"}}"#);
+        let z = enc.finish().unwrap_or_default();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "content-encoding",
+            http::HeaderValue::from_static("deflate"),
+        );
+        assert_eq!(norm(404, &z, &h).error.message, "gone");
     }
 
     #[test]

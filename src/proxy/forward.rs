@@ -226,9 +226,7 @@ async fn read_body(session: &mut Session, limit: u64) -> Result<std::result::Res
     while let Some(chunk) = session.read_request_body().await? {
         total += chunk.len() as u64;
         if total > limit {
-            return Ok(Err(format!(
-                "request body exceeds the limit of {limit} bytes"
-            )));
+            return Ok(Err(too_large(limit)));
         }
         buffered.extend_from_slice(&chunk);
         if buffered.len() > REPLAY_LIMIT {
@@ -246,6 +244,10 @@ async fn read_body(session: &mut Session, limit: u64) -> Result<std::result::Res
     }))
 }
 
+fn too_large(limit: u64) -> String {
+    format!("request body exceeds the limit of {limit} bytes")
+}
+
 /// The rest of a large request body, from the app straight to the vendor.
 async fn stream_request_body(
     session: &mut Session,
@@ -260,10 +262,7 @@ async fn stream_request_body(
             Some(c) => {
                 total += c.len() as u64;
                 if total > limit {
-                    ctx.pending = Some((
-                        Code::PayloadTooLarge,
-                        format!("request body exceeds the limit of {limit} bytes"),
-                    ));
+                    ctx.pending = Some((Code::PayloadTooLarge, too_large(limit)));
                     return Error::e_explain(ErrorType::HTTPStatus(413), "request body too large");
                 }
                 up.write_request_body(c, false).await?;
