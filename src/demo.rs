@@ -93,6 +93,9 @@ pub fn banner(cfg: &Config) -> String {
         "  # a vendor error, rewritten: TryVox's 422 VERIFICATION_FAILED -> canonical verification_failed\n  curl -si -X POST http://{tv}/v1/verify/check -H 'Authorization: Bearer sk_test_demo' -d '{{\"code\":\"000000\"}}'\n\n  # a vendor 429 that is NOT a rate limit -> too_many_attempts, retryable: false\n  curl -si -X POST http://{tv}/v1/verify/start -H 'Authorization: Bearer sk_test_demo' -d '{{}}'\n\n"
     ));
     s.push_str(&format!(
+        "  # Switchboard's own limit (numbers: 2 per 10 s per key): the third answer is its 429\n  for i in 1 2 3; do curl -s -o /dev/null -w '%{{http_code}} ' http://{tv}/v1/numbers -H 'Authorization: Bearer sk_test_demo'; done; echo\n  curl -si http://{tv}/v1/numbers -H 'Authorization: Bearer sk_test_demo'\n\n"
+    ));
+    s.push_str(&format!(
         "  # a vendor that cannot be reached: the canonical envelope, upstream_unavailable\n  curl -si http://{down}/api/v1/calls\n\n"
     ));
     s.push_str(&format!("  # metrics\n  curl -s http://{}/metrics | grep switchboard_requests_total\n\nCtrl-C to stop.\n", cfg.admin.listen));

@@ -6,7 +6,7 @@
 //! phone number or a raw path.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::envelope::{Code, Source};
@@ -28,6 +28,12 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     /// `switchboard_upstream_duration_seconds{vendor,endpoint}`
     pub upstream_duration: HistogramVec,
+    /// `switchboard_ratelimit_decisions_total{vendor,endpoint,scope,decision}`
+    pub ratelimit_decisions: IntCounterVec,
+    /// `switchboard_queue_depth{vendor}`
+    pub queue_depth: IntGaugeVec,
+    /// `switchboard_ratelimit_keys{vendor}`
+    pub ratelimit_keys: IntGaugeVec,
 }
 
 /// Bounded label for an HTTP method.
@@ -79,11 +85,37 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["vendor", "endpoint"],
         )?;
+        let ratelimit_decisions = IntCounterVec::new(
+            Opts::new(
+                "switchboard_ratelimit_decisions_total",
+                "Rate-limit decisions: allowed, queued (then allowed or rejected), rejected, shadow_rejected",
+            ),
+            &["vendor", "endpoint", "scope", "decision"],
+        )?;
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "switchboard_queue_depth",
+                "Requests currently held waiting (rate-limit queue)",
+            ),
+            &["vendor"],
+        )?;
+        let ratelimit_keys = IntGaugeVec::new(
+            Opts::new(
+                "switchboard_ratelimit_keys",
+                "API keys with live rate-limit state",
+            ),
+            &["vendor"],
+        )?;
+        registry.register(Box::new(ratelimit_decisions.clone()))?;
+        registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(ratelimit_keys.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
         for (vendor, endpoints) in vendors {
+            queue_depth.with_label_values(&[vendor]);
+            ratelimit_keys.with_label_values(&[vendor]);
             for ep in endpoints {
                 for code in Code::ALL {
                     for source in [Source::Upstream, Source::Proxy] {
@@ -98,7 +130,20 @@ impl Metrics {
             errors,
             request_duration,
             upstream_duration,
+            ratelimit_decisions,
+            queue_depth,
+            ratelimit_keys,
         })
+    }
+
+    /// The rate-limit metric handles of one vendor.
+    pub fn limits(&self, vendor: &str) -> crate::limits::LimitMetrics {
+        crate::limits::LimitMetrics {
+            vendor: vendor.to_string(),
+            decisions: self.ratelimit_decisions.clone(),
+            queue_depth: self.queue_depth.with_label_values(&[vendor]),
+            keys: self.ratelimit_keys.with_label_values(&[vendor]),
+        }
     }
 
     /// The Prometheus text exposition of every family.

@@ -228,6 +228,7 @@ mod tests {
             name: name.into(),
             path_prefix: prefix.into(),
             methods: methods.iter().map(|m| m.to_string()).collect(),
+            limits: Vec::new(),
         }
     }
 

@@ -19,6 +19,7 @@ use pingora::services::listening::Service;
 use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::lifecycle::Lifecycle;
+use crate::limits::Sweeper;
 use crate::metrics::Metrics;
 use crate::proxy::{Forwarder, Switchboard, VendorRuntime};
 use crate::routing::DnsRefresher;
@@ -89,9 +90,10 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
     let vendors: Vec<Arc<VendorRuntime>> = cfg
         .vendors
         .iter()
-        .map(|v| Arc::new(VendorRuntime::new(v.clone())))
+        .map(|v| Arc::new(VendorRuntime::new(v.clone(), Some(&metrics))))
         .collect();
     let resolvers = vendors.iter().map(|v| v.resolver.clone()).collect();
+    let limiters = vendors.iter().map(|v| v.limits.clone()).collect();
     let listen: Vec<SocketAddr> = cfg.vendors.iter().map(|v| v.listen).collect();
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
@@ -119,6 +121,7 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(background_service("dns", DnsRefresher::new(resolvers)));
+    server.add_service(background_service("limits", Sweeper::new(limiters)));
     server.add_service(background_service(
         "readiness",
         Readiness {

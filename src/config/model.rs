@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::raw::*;
 use super::values::{parse_duration, parse_size};
 use super::Problems;
+use crate::limits::{BucketSpec, Mode, Scope, Shape};
 use crate::normalize::Profile;
 
 /// The validated configuration.
@@ -95,6 +96,21 @@ pub struct Vendor {
     pub max_request_body: u64,
     /// How often the upstream host name is resolved again.
     pub dns_refresh: Duration,
+    /// Where the API key is (for per-key limits).
+    pub key: KeyConfig,
+    /// Limits on every request of the vendor.
+    pub limits: Vec<BucketSpec>,
+    /// Most API keys tracked at once; new keys beyond share one stricter bucket.
+    pub max_keys: usize,
+}
+
+/// `vendors[].key`: the header holding the API key, and its auth scheme if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyConfig {
+    /// Header name, lower case.
+    pub header: String,
+    /// Scheme word before the key (`bearer`), if any.
+    pub scheme: Option<String>,
 }
 
 /// The vendor's base URL, split for use.
@@ -132,6 +148,8 @@ pub struct Endpoint {
     pub path_prefix: String,
     /// Methods to match (upper case); empty = any.
     pub methods: Vec<String>,
+    /// Limits on this endpoint's requests (on top of the vendor-wide ones).
+    pub limits: Vec<BucketSpec>,
 }
 
 /// Label used for requests that match no endpoint.
@@ -376,10 +394,12 @@ fn vendor(
                 );
             }
         }
+        let limits = limit_list(&e.limits, &format!("{ep}.limits"), p);
         endpoints.push(Endpoint {
             name: e.name.clone(),
             path_prefix: e.matcher.path_prefix.clone(),
             methods,
+            limits,
         });
     }
     let max_request_body = match raw.max_request_body.as_ref().map(parse_size) {
@@ -403,7 +423,23 @@ fn vendor(
         &format!("{path}.dns_refresh"),
         p,
     );
+    let limits = limit_list(&raw.limits, &format!("{path}.limits"), p);
+    let key = key_config(raw.key.as_ref(), &format!("{path}.key"), p);
+    let max_keys = match raw.max_keys {
+        None => DEFAULT_MAX_KEYS,
+        Some(n) if (1..=10_000_000).contains(&n) => n as usize,
+        Some(n) => {
+            p.push(
+                format!("{path}.max_keys"),
+                format!("invalid max_keys {n} (expected 1 to 10000000)"),
+            );
+            DEFAULT_MAX_KEYS
+        }
+    };
     Some(Vendor {
+        key,
+        limits,
+        max_keys,
         name: raw.name,
         listen: listen?,
         upstream: upstream?,
@@ -414,6 +450,191 @@ fn vendor(
         endpoints,
         max_request_body,
         dns_refresh,
+    })
+}
+
+/// Keys tracked per vendor unless `max_keys` says otherwise (about 100 bytes each).
+pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+
+/// Most limits in one list (vendor-wide or one endpoint's).
+const MAX_LIMITS: usize = 16;
+
+fn key_config(raw: Option<&RawKey>, path: &str, p: &mut Problems) -> KeyConfig {
+    let header = raw
+        .and_then(|k| k.header.as_deref())
+        .unwrap_or("authorization")
+        .to_ascii_lowercase();
+    if http::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
+        p.push(
+            format!("{path}.header"),
+            format!("invalid header name {header:?}"),
+        );
+    }
+    // Bearer is implied only for the Authorization header; a named header holds the key as is.
+    let scheme = match raw.and_then(|k| k.scheme.as_deref()) {
+        Some(s) if s.eq_ignore_ascii_case("none") => None,
+        Some(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
+            Some(s.to_ascii_lowercase())
+        }
+        Some(s) => {
+            p.push(
+                format!("{path}.scheme"),
+                format!("invalid scheme {s:?} (a word such as bearer, or none)"),
+            );
+            None
+        }
+        None if header == "authorization" => Some("bearer".into()),
+        None => None,
+    };
+    KeyConfig { header, scheme }
+}
+
+/// `per:` a duration (`1m`, `90s`) or a bare unit (`s`, `m`, `h`).
+fn window(s: &str) -> Result<Duration, String> {
+    match s.trim() {
+        "s" => Ok(Duration::from_secs(1)),
+        "m" => Ok(Duration::from_secs(60)),
+        "h" => Ok(Duration::from_secs(3600)),
+        other => parse_duration(other),
+    }
+}
+
+fn limit_list(raw: &[RawLimit], path: &str, p: &mut Problems) -> Vec<BucketSpec> {
+    if raw.len() > MAX_LIMITS {
+        p.push(path, format!("at most {MAX_LIMITS} limits per list"));
+    }
+    raw.iter()
+        .enumerate()
+        .filter_map(|(i, l)| limit(l, &format!("{path}[{i}]"), p))
+        .collect()
+}
+
+fn limit(raw: &RawLimit, path: &str, p: &mut Problems) -> Option<BucketSpec> {
+    let before = p.0.len();
+    let rate = match raw.rate {
+        None => {
+            p.push(format!("{path}.rate"), "missing rate (requests per window)");
+            1
+        }
+        Some(n) if (1..=1_000_000_000).contains(&n) => n as u32,
+        Some(n) => {
+            p.push(
+                format!("{path}.rate"),
+                format!("invalid rate {n} (expected 1 to 1000000000)"),
+            );
+            1
+        }
+    };
+    let per = match raw.per.as_deref().map(window) {
+        None => {
+            p.push(
+                format!("{path}.per"),
+                "missing per (the window: s, m, h or e.g. 10s)",
+            );
+            Duration::from_secs(1)
+        }
+        Some(Ok(d)) if d.is_zero() => {
+            p.push(format!("{path}.per"), "must be greater than zero");
+            Duration::from_secs(1)
+        }
+        Some(Ok(d)) if d > Duration::from_secs(86_400) => {
+            p.push(format!("{path}.per"), "must be at most 24h");
+            Duration::from_secs(1)
+        }
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            p.push(format!("{path}.per"), e);
+            Duration::from_secs(1)
+        }
+    };
+    let burst = match raw.burst {
+        None => (rate / 10).max(1),
+        Some(n) if n >= 1 && n <= i64::from(rate) => n as u32,
+        Some(n) if n > i64::from(rate) => {
+            p.push(
+                format!("{path}.burst"),
+                format!("burst {n} is larger than rate {rate}: the vendor could see more than rate in one window"),
+            );
+            1
+        }
+        Some(n) => {
+            p.push(
+                format!("{path}.burst"),
+                format!("invalid burst {n} (expected 1 to rate)"),
+            );
+            1
+        }
+    };
+    let scope = match raw.scope.as_deref() {
+        None | Some("key") => Scope::Key,
+        Some("global") => Scope::Global,
+        Some(o) => {
+            p.push(
+                format!("{path}.scope"),
+                format!("invalid scope {o:?} (expected key or global)"),
+            );
+            Scope::Key
+        }
+    };
+    let mode = match raw.mode.as_deref() {
+        None | Some("reject") => Mode::Reject,
+        Some("queue") => Mode::Queue,
+        Some(o) => {
+            p.push(
+                format!("{path}.mode"),
+                format!("invalid mode {o:?} (expected reject or queue)"),
+            );
+            Mode::Reject
+        }
+    };
+    if mode != Mode::Queue {
+        if raw.max_wait.is_some() {
+            p.push(
+                format!("{path}.max_wait"),
+                "max_wait applies only to mode: queue",
+            );
+        }
+        if raw.max_waiters.is_some() {
+            p.push(
+                format!("{path}.max_waiters"),
+                "max_waiters applies only to mode: queue",
+            );
+        }
+    }
+    let max_wait = duration(
+        raw.max_wait.as_deref(),
+        Duration::from_secs(5),
+        &format!("{path}.max_wait"),
+        p,
+    );
+    if max_wait > Duration::from_secs(300) {
+        p.push(
+            format!("{path}.max_wait"),
+            "must be at most 5m (a held request holds a connection)",
+        );
+    }
+    let max_waiters = match raw.max_waiters {
+        None => 100,
+        Some(n) if (1..=100_000).contains(&n) => n as usize,
+        Some(n) => {
+            p.push(
+                format!("{path}.max_waiters"),
+                format!("invalid max_waiters {n} (expected 1 to 100000)"),
+            );
+            1
+        }
+    };
+    let shape = Shape { rate, per, burst };
+    if p.0.len() == before && shape.quota().is_none() {
+        p.push(path, "this rate, per and burst make no usable bucket");
+    }
+    (p.0.len() == before).then_some(BucketSpec {
+        shape,
+        scope,
+        mode,
+        max_wait,
+        max_waiters,
+        shadow: raw.shadow,
     })
 }
 

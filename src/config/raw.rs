@@ -64,6 +64,31 @@ pub struct RawVendor {
     pub dns_refresh: Option<String>,
     #[serde(default)]
     pub passthrough_errors: bool,
+    pub key: Option<RawKey>,
+    #[serde(default)]
+    pub limits: Vec<RawLimit>,
+    pub max_keys: Option<i64>,
+}
+
+/// `vendors[].key:` where the API key is.
+#[derive(Debug, Deserialize, Default)]
+pub struct RawKey {
+    pub header: Option<String>,
+    pub scheme: Option<String>,
+}
+
+/// One entry of `limits:` (vendor-wide or per endpoint).
+#[derive(Debug, Deserialize, Default)]
+pub struct RawLimit {
+    pub rate: Option<i64>,
+    pub per: Option<String>,
+    pub burst: Option<i64>,
+    pub scope: Option<String>,
+    pub mode: Option<String>,
+    pub max_wait: Option<String>,
+    pub max_waiters: Option<i64>,
+    #[serde(default)]
+    pub shadow: bool,
 }
 
 /// `vendors[].timeouts:`
@@ -80,6 +105,8 @@ pub struct RawEndpoint {
     pub name: String,
     #[serde(rename = "match")]
     pub matcher: RawMatch,
+    #[serde(default)]
+    pub limits: Vec<RawLimit>,
 }
 
 /// `vendors[].endpoints[].match`

@@ -70,6 +70,24 @@ pub fn hint(headers: &HeaderMap, profile: &Profile, now: SystemTime) -> Option<u
     })
 }
 
+/// Remaining-quota headers (`X-RateLimit-Remaining` and kin).
+const REMAINING_HEADERS: [&str; 3] = [
+    "x-ratelimit-remaining",
+    "ratelimit-remaining",
+    "x-rate-limit-remaining",
+];
+
+/// The vendor says this key has no requests left in its window (`remaining: 0`).
+pub fn exhausted(headers: &HeaderMap) -> bool {
+    REMAINING_HEADERS.iter().any(|h| {
+        headers
+            .get(*h)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .is_some_and(|n| n <= 0.0)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +113,15 @@ mod tests {
             retry_after(&h("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT"), now),
             Some(0)
         );
+    }
+
+    #[test]
+    fn exhaustion() {
+        assert!(exhausted(&h("x-ratelimit-remaining", "0")));
+        assert!(exhausted(&h("ratelimit-remaining", " 0 ")));
+        assert!(!exhausted(&h("x-ratelimit-remaining", "12")));
+        assert!(!exhausted(&h("x-ratelimit-remaining", "none")));
+        assert!(!exhausted(&HeaderMap::new()));
     }
 
     #[test]

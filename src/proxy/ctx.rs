@@ -21,6 +21,8 @@ pub struct Ctx {
     pub endpoint: EndpointId,
     /// Method is idempotent (repeatable without side effects).
     pub idempotent: bool,
+    /// The rate-limit key (a keyed hash of the API key, never the key).
+    pub limit_key: u64,
     /// When the request arrived.
     pub started: Instant,
     /// Request body bytes received so far.
@@ -55,6 +57,7 @@ impl Ctx {
             method: String::new(),
             endpoint: 0,
             idempotent: false,
+            limit_key: 0,
             started: Instant::now(),
             body_bytes: 0,
             attempts: 0,

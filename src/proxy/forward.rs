@@ -24,7 +24,7 @@ use super::{Ctx, VendorRuntime};
 use crate::envelope::{Code, Envelope};
 use crate::headers;
 use crate::normalize::transport::{classify, AttemptState};
-use crate::normalize::{self, VendorResponse, MAX_ERROR_BODY};
+use crate::normalize::{self, hints, VendorResponse, MAX_ERROR_BODY};
 
 /// Request bodies up to this size are buffered before sending (and could be replayed);
 /// larger ones are streamed to the vendor as they arrive.
@@ -147,6 +147,14 @@ impl Forwarder {
         }
 
         let profile = &cfg.dialect;
+        // Normalised 429s pause below, by canonical code (a 429 is not always a rate limit).
+        let raw_429 = status == 429 && cfg.passthrough_errors;
+        if raw_429 || hints::exhausted(&resp.headers) {
+            let hint = hints::hint(&resp.headers, profile, SystemTime::now());
+            vendor
+                .limits
+                .vendor_said(ctx.limit_key, ctx.endpoint, raw_429, hint);
+        }
         let path = session.req_header().uri.path().to_string();
         let success_candidate =
             (200..300).contains(&status) && profile.success_candidate(status, &path);
@@ -184,6 +192,14 @@ impl Forwarder {
             Some(n) => {
                 let mut env = n.envelope;
                 env.error.attempts = ctx.attempts;
+                if env.error.code == Code::RateLimited {
+                    vendor.limits.vendor_said(
+                        ctx.limit_key,
+                        ctx.endpoint,
+                        true,
+                        env.error.retry_after_s,
+                    );
+                }
                 write_envelope(session, ctx, env).await
             }
             // A success after all: what was read, then whatever is left, untouched.
@@ -407,6 +423,16 @@ async fn write_inspected(
 
 /// Writes an envelope as the whole response.
 pub async fn write_envelope(session: &mut Session, ctx: &mut Ctx, env: Envelope) -> Outcome {
+    write_envelope_with(session, ctx, env, &[]).await
+}
+
+/// Writes an envelope as the whole response, with extra headers.
+pub async fn write_envelope_with(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    env: Envelope,
+    extra: &[(&'static str, String)],
+) -> Outcome {
     let status = env.status();
     ctx.answered(status, Some(&env));
     let body = Bytes::from(env.to_json());
@@ -417,6 +443,9 @@ pub async fn write_envelope(session: &mut Session, ctx: &mut Ctx, env: Envelope)
         h.insert_header("cache-control", "no-store")?;
         for (k, v) in env.headers() {
             h.insert_header(k, v)?;
+        }
+        for (k, v) in extra {
+            h.insert_header(*k, v)?;
         }
         Ok(h)
     })();

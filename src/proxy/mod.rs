@@ -26,6 +26,7 @@ use crate::config::Vendor;
 use crate::envelope::{Code, Envelope};
 use crate::headers;
 use crate::lifecycle::Lifecycle;
+use crate::limits::{KeySource, Limiter, Reject, Scope, Verdict};
 use crate::metrics::{method_label, Metrics};
 use crate::normalize::transport::{classify, AttemptState};
 use crate::routing::{Resolver, Router};
@@ -38,19 +39,64 @@ pub struct VendorRuntime {
     pub router: Router,
     /// Cached upstream addresses.
     pub resolver: Arc<Resolver>,
+    /// Rate limits.
+    pub limits: Arc<Limiter>,
 }
 
 impl VendorRuntime {
-    /// Builds the runtime pieces for one vendor.
-    pub fn new(cfg: Vendor) -> Self {
+    /// Builds the runtime pieces for one vendor; `metrics` receives its rate-limit series.
+    pub fn new(cfg: Vendor, metrics: Option<&Metrics>) -> Self {
         let router = Router::new(cfg.endpoints.clone());
         let resolver = Arc::new(Resolver::new(&cfg.upstream, cfg.dns_refresh));
+        let header = http::header::HeaderName::from_bytes(cfg.key.header.as_bytes())
+            .unwrap_or(http::header::AUTHORIZATION);
+        let per_endpoint: Vec<_> = cfg.endpoints.iter().map(|e| e.limits.clone()).collect();
+        let names: Vec<String> = router.names().map(str::to_string).collect();
+        let limits = Arc::new(Limiter::new(
+            &cfg.limits,
+            &per_endpoint,
+            &names,
+            KeySource::new(header, cfg.key.scheme.clone()),
+            cfg.max_keys,
+            metrics.map(|m| m.limits(&cfg.name)),
+        ));
         VendorRuntime {
             cfg,
             router,
             resolver,
+            limits,
         }
     }
+}
+
+/// The canonical answer to a request the limiter turned away.
+fn rate_limited(
+    r: &Reject,
+    vendor: &str,
+    request_id: &str,
+) -> (Envelope, [(&'static str, String); 3]) {
+    let whose = match r.scope {
+        Scope::Key => "this API key",
+        Scope::Global => "all keys together",
+    };
+    let secs = r.retry_after_s();
+    let env = Envelope::proxy(
+        Code::RateLimited,
+        format!(
+            "rate limit of {} requests per {} reached for {whose}; retry in {secs} s",
+            r.limit,
+            humantime::format_duration(r.per)
+        ),
+        vendor,
+        request_id,
+    )
+    .with_retry_after(Some(secs));
+    let headers = [
+        ("x-ratelimit-limit", r.limit.to_string()),
+        ("x-ratelimit-remaining", "0".to_string()),
+        ("x-ratelimit-reset", secs.to_string()),
+    ];
+    (env, headers)
 }
 
 /// The proxy service shared by all vendor listeners.
@@ -100,6 +146,7 @@ impl Switchboard {
         ctx: &mut Ctx,
         env: Envelope,
         drain: bool,
+        extra: &[(&'static str, String)],
     ) -> Result<()> {
         if drain {
             if session.drain_request_body().await.is_err() {
@@ -108,7 +155,7 @@ impl Switchboard {
         } else {
             session.set_keepalive(None);
         }
-        match forward::write_envelope(session, ctx, env).await {
+        match forward::write_envelope_with(session, ctx, env, extra).await {
             Outcome::Answered => Ok(()),
             Outcome::Aborted(e) => Err(e),
         }
@@ -135,6 +182,7 @@ impl ProxyHttp for Switchboard {
         ctx.method = req.method.as_str().to_string();
         ctx.endpoint = vendor.router.route(req.method.as_str(), req.uri.path());
         ctx.idempotent = req.method.is_idempotent();
+        ctx.limit_key = vendor.limits.source.key_of(&req.headers);
         ctx.vendor = Some(vendor.clone());
         let name = vendor.cfg.name.as_str();
 
@@ -152,7 +200,7 @@ impl ProxyHttp for Switchboard {
                 name,
                 &ctx.request_id,
             );
-            self.answer(session, ctx, env, false).await?;
+            self.answer(session, ctx, env, false, &[]).await?;
             return Ok(true);
         }
         let declared = session
@@ -171,8 +219,15 @@ impl ProxyHttp for Switchboard {
                 name,
                 &ctx.request_id,
             );
-            self.answer(session, ctx, env, false).await?;
+            self.answer(session, ctx, env, false, &[]).await?;
             return Ok(true);
+        }
+        if vendor.limits.applies(ctx.endpoint) {
+            if let Verdict::Reject(r) = vendor.limits.admit(ctx.limit_key, ctx.endpoint).await {
+                let (env, extra) = rate_limited(&r, name, &ctx.request_id);
+                self.answer(session, ctx, env, true, &extra).await?;
+                return Ok(true);
+            }
         }
         // Protocol upgrades (WebSocket media streams) take Pingora's own proxy path.
         if session.is_upgrade_req() {

@@ -60,6 +60,10 @@ struct State {
     counters: Mutex<Vec<u32>>,
     log: Mutex<Vec<Recorded>>,
     connections: AtomicUsize,
+    /// Accepted request times per (limit, key), for the scenario's rate limits.
+    windows: Mutex<std::collections::HashMap<(usize, String), std::collections::VecDeque<Instant>>>,
+    /// Requests answered over a limit.
+    limited: AtomicUsize,
     quiet: bool,
 }
 
@@ -106,6 +110,8 @@ impl Simulator {
             dialect,
             log: Mutex::new(Vec::new()),
             connections: AtomicUsize::new(0),
+            windows: Mutex::new(std::collections::HashMap::new()),
+            limited: AtomicUsize::new(0),
             quiet,
         });
         let st = state.clone();
@@ -147,6 +153,11 @@ impl Simulator {
     /// How many requests were received.
     pub fn hits(&self) -> usize {
         lock(&self.state.log).len()
+    }
+
+    /// How many requests the scenario's rate limits refused (the vendor 429s).
+    pub fn limited(&self) -> usize {
+        self.state.limited.load(Ordering::SeqCst)
     }
 
     /// How many connections were accepted (to see upstream keep-alive at work).
@@ -217,7 +228,7 @@ async fn serve_conn<S: Conn>(mut stream: S, st: Arc<State>) -> std::io::Result<(
             body,
             at: Instant::now(),
         };
-        let step = pick_step(&st, &rec);
+        let step = over_limit(&st, &rec).unwrap_or_else(|| pick_step(&st, &rec));
         if !st.quiet {
             // Never print header values: they carry API keys.
             println!(
@@ -311,17 +322,69 @@ fn describe(step: &Step) -> String {
     }
 }
 
-fn pick_step(st: &State, rec: &Recorded) -> Step {
-    let found = st.scenario.rules.iter().position(|r| {
-        r.matcher
-            .method
+fn matches(m: &scenario::Match, rec: &Recorded) -> bool {
+    m.method
+        .as_deref()
+        .is_none_or(|x| x.eq_ignore_ascii_case(&rec.method))
+        && m.path_prefix
             .as_deref()
-            .is_none_or(|m| m.eq_ignore_ascii_case(&rec.method))
-            && r.matcher
-                .path_prefix
-                .as_deref()
-                .is_none_or(|p| rec.path.starts_with(p))
-    });
+            .is_none_or(|p| rec.path.starts_with(p))
+}
+
+/// The answer when `rec` is over one of the scenario's limits; otherwise counts it in each.
+fn over_limit(st: &State, rec: &Recorded) -> Option<Step> {
+    let now = Instant::now();
+    let mut windows = lock(&st.windows);
+    let applicable: Vec<usize> = (0..st.scenario.limits.len())
+        .filter(|&i| matches(&st.scenario.limits[i].matcher, rec))
+        .collect();
+    let key_of = |l: &scenario::Limit| {
+        rec.header(l.key_header.as_deref().unwrap_or("authorization"))
+            .unwrap_or("")
+            .to_string()
+    };
+    // First check every window, then count: a refused request counts nowhere.
+    for &i in &applicable {
+        let l = &st.scenario.limits[i];
+        let per = l.window();
+        let log = windows.entry((i, key_of(l))).or_default();
+        while log.front().is_some_and(|t| now.duration_since(*t) >= per) {
+            log.pop_front();
+        }
+        if log.len() >= l.rate as usize {
+            st.limited.fetch_add(1, Ordering::SeqCst);
+            let wait = log
+                .front()
+                .map_or(per, |t| per.saturating_sub(now.duration_since(*t)));
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            return Some(l.over.clone().unwrap_or_else(|| Step {
+                status: Some(429),
+                headers: [
+                    ("retry-after".to_string(), secs.max(1).to_string()),
+                    ("x-ratelimit-remaining".to_string(), "0".to_string()),
+                ]
+                .into_iter()
+                .collect(),
+                json: Some(serde_json::json!({
+                    "error": { "code": "rate_limited", "message": "simulator: rate limit exceeded" }
+                })),
+                ..Step::default()
+            }));
+        }
+    }
+    for &i in &applicable {
+        let l = &st.scenario.limits[i];
+        windows.entry((i, key_of(l))).or_default().push_back(now);
+    }
+    None
+}
+
+fn pick_step(st: &State, rec: &Recorded) -> Step {
+    let found = st
+        .scenario
+        .rules
+        .iter()
+        .position(|r| matches(&r.matcher, rec));
     let Some(i) = found else {
         return st.scenario.default.clone().unwrap_or_else(|| Step {
             json: Some(serde_json::json!({"ok": true})),

@@ -105,6 +105,33 @@ pub struct Rule {
     pub steps: Vec<Step>,
 }
 
+/// A vendor-side rate limit the simulator enforces, as vendors do: at most `rate` accepted
+/// requests per key in any window of `per` (a sliding log). Requests over it get `over`
+/// (default: 429 with `Retry-After`, `X-RateLimit-Remaining: 0` and a small JSON error) and
+/// are not counted in the window.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    /// Which requests count.
+    #[serde(rename = "match", default)]
+    pub matcher: Match,
+    /// Requests per window.
+    pub rate: u32,
+    /// Window, e.g. `1m`.
+    pub per: String,
+    /// Header holding the key (default `authorization`); absent = one shared key.
+    pub key_header: Option<String>,
+    /// The answer over the limit.
+    pub over: Option<Step>,
+}
+
+impl Limit {
+    /// The parsed window (invalid values were rejected at load).
+    pub fn window(&self) -> Duration {
+        parse_duration(&self.per).unwrap_or(Duration::from_secs(60))
+    }
+}
+
 /// A whole scenario.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -112,6 +139,9 @@ pub struct Scenario {
     /// Rules, first match wins.
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// Vendor-side rate limits, checked before the rules.
+    #[serde(default)]
+    pub limits: Vec<Limit>,
     /// Answer when no rule matches (default: 200 echoing a small JSON summary).
     pub default: Option<Step>,
 }
@@ -133,6 +163,12 @@ impl Scenario {
         for step in s.rules.iter().flat_map(|r| &r.steps).chain(&s.default) {
             if let Some(d) = &step.delay {
                 parse_duration(d).map_err(|e| format!("scenario: delay: {e}"))?;
+            }
+        }
+        for l in &s.limits {
+            parse_duration(&l.per).map_err(|e| format!("scenario: limits: per: {e}"))?;
+            if l.rate == 0 {
+                return Err("scenario: limits: rate must be at least 1".into());
             }
         }
         if s.rules.iter().any(|r| r.steps.is_empty()) {
