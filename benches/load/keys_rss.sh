@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# RSS of Switchboard idle and after 100k distinct API keys went through its limiter
+# (SPEC §8: ≤ 16 MiB idle, ≤ 48 MiB with 100k keys). The upstream is the bundled simulator;
+# the limit is set high enough never to reject and its window (1 h) long enough that no key
+# is evicted during the run, so all 100k keys are live when RSS is read.
+#
+# Usage: benches/load/keys_rss.sh        (installs wrk with apt-get when missing and root)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+if ! command -v wrk >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+  else echo "wrk missing: sudo apt-get install wrk" >&2; exit 1; fi
+fi
+cargo build --release --quiet
+BIN=target/release/switchboard
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+cat > "$work/scenario.yaml" <<'YAML'
+default: { status: 200, json: { ok: true } }
+YAML
+cat > "$work/sb.yaml" <<YAML
+admin: { listen: 127.0.0.1:19901 }
+log: { level: warn }
+server: { threads: 2 }
+profiles_dir: $PWD/config/profiles
+vendors:
+  - name: tryvox
+    listen: 127.0.0.1:18081
+    upstream: http://127.0.0.1:18090
+    profile: tryvox
+    limits: [ { rate: 1000000000, per: 1h } ]
+YAML
+# Each wrk thread walks its own 50k keys: two threads, 100k distinct keys.
+cat > "$work/keys.lua" <<'LUA'
+local counter = 0
+id = 0
+local threads = {}
+function setup(thread) thread:set("id", #threads); table.insert(threads, thread) end
+function request()
+  counter = counter + 1
+  local k = id * 1000000 + (counter % 50000)
+  return wrk.format("GET", "/v1/numbers", { ["Authorization"] = "Bearer sk_live_" .. k })
+end
+LUA
+
+"$BIN" simulate --vendor tryvox --listen 127.0.0.1:18090 --scenario "$work/scenario.yaml" >/dev/null &
+"$BIN" --config "$work/sb.yaml" 2>"$work/sb.log" &
+SB=$!
+for _ in $(seq 100); do curl -sf http://127.0.0.1:19901/readyz >/dev/null && break; sleep 0.1; done
+rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' /proc/$SB/status; }
+keys() { curl -s http://127.0.0.1:19901/metrics | awk '/^switchboard_ratelimit_keys/ {print $2}'; }
+
+echo "idle: $(rss)"
+wrk -t2 -c16 -d${DURATION:-30s} -s "$work/keys.lua" http://127.0.0.1:18081 | grep -E "Requests/sec|requests in"
+echo "after: $(rss), live keys: $(keys)"
