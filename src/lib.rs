@@ -14,6 +14,7 @@ pub mod limits;
 pub mod metrics;
 pub mod normalize;
 pub mod proxy;
+pub mod retry;
 pub mod routing;
 pub mod server;
 pub mod simulator;

@@ -34,6 +34,12 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     /// `switchboard_ratelimit_keys{vendor}`
     pub ratelimit_keys: IntGaugeVec,
+    /// `switchboard_upstream_attempts_total{vendor,endpoint,status}`
+    pub upstream_attempts: IntCounterVec,
+    /// `switchboard_retries_total{vendor,endpoint,reason}`
+    pub retries: IntCounterVec,
+    /// `switchboard_retry_giveups_total{vendor,endpoint,reason}`
+    pub retry_giveups: IntCounterVec,
 }
 
 /// Bounded label for an HTTP method.
@@ -106,6 +112,30 @@ impl Metrics {
             ),
             &["vendor"],
         )?;
+        let upstream_attempts = IntCounterVec::new(
+            Opts::new(
+                "switchboard_upstream_attempts_total",
+                "Requests sent to the vendor, retries included, by vendor status (or connect_error, timeout, lost)",
+            ),
+            &["vendor", "endpoint", "status"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "switchboard_retries_total",
+                "Retries sent, by why the previous attempt was retried",
+            ),
+            &["vendor", "endpoint", "reason"],
+        )?;
+        let retry_giveups = IntCounterVec::new(
+            Opts::new(
+                "switchboard_retry_giveups_total",
+                "Retriable-looking outcomes answered without a retry, by why (budget, max_attempts, unsafe, ...)",
+            ),
+            &["vendor", "endpoint", "reason"],
+        )?;
+        registry.register(Box::new(upstream_attempts.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(retry_giveups.clone()))?;
         registry.register(Box::new(ratelimit_decisions.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(ratelimit_keys.clone()))?;
@@ -133,7 +163,15 @@ impl Metrics {
             ratelimit_decisions,
             queue_depth,
             ratelimit_keys,
+            upstream_attempts,
+            retries,
+            retry_giveups,
         })
+    }
+
+    /// Moves `switchboard_queue_depth{vendor}` by `delta` (requests waiting for a retry).
+    pub fn queue_depth_retry(&self, vendor: &str, delta: i64) {
+        self.queue_depth.with_label_values(&[vendor]).add(delta);
     }
 
     /// The rate-limit metric handles of one vendor.

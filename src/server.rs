@@ -99,9 +99,13 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         Switchboard::new(
-            Forwarder::new(Connector::new(Some(ConnectorOptions::from_server_conf(
-                &server.configuration,
-            )))),
+            Forwarder::new(
+                Connector::new(Some(ConnectorOptions::from_server_conf(
+                    &server.configuration,
+                ))),
+                lifecycle.clone(),
+                metrics.clone(),
+            ),
             vendors,
             metrics.clone(),
             lifecycle.clone(),

@@ -192,7 +192,8 @@ async fn refused_upstream_is_upstream_unavailable() {
         let v = assert_envelope(&r, "upstream_unavailable", 503);
         assert_eq!(v["error"]["source"], "proxy");
         assert_eq!(v["error"]["retryable"], true);
-        assert_eq!(v["error"]["attempts"], 1);
+        // Never sent, so retried whatever the method (SPEC §6 rule 1), up to max_attempts.
+        assert_eq!(v["error"]["attempts"], 3);
         assert_eq!(v["error"]["upstream"], serde_json::Value::Null);
     }
 }
@@ -207,9 +208,17 @@ async fn reset_after_send_is_outcome_unknown_for_post_and_unavailable_for_get() 
     .await;
     let v = assert_envelope(&r, "outcome_unknown", 502);
     assert_eq!(v["error"]["retryable"], false);
+    assert_eq!(v["error"]["attempts"], 1);
+    assert_eq!(
+        sim.hits(),
+        1,
+        "a POST whose response was lost is never sent twice"
+    );
+    // A GET is safe to repeat: retried up to max_attempts (3).
     let r = get(addr, "/v1/calls/1").await;
-    assert_envelope(&r, "upstream_unavailable", 503);
-    assert_eq!(sim.hits(), 2, "nothing may be sent twice");
+    let v = assert_envelope(&r, "upstream_unavailable", 503);
+    assert_eq!(v["error"]["attempts"], 3);
+    assert_eq!(sim.hits(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,30 +10,8 @@ use std::time::{Duration, Instant};
 use support::*;
 use switchboard::simulator::Simulator;
 
-/// Starts a simulator for `vendor` and Switchboard in front of it with `extra` config.
 async fn pair(vendor: &str, scenario: &str, extra: &str) -> (Simulator, Sb, SocketAddr) {
-    pair_env(vendor, scenario, extra, &[]).await
-}
-
-async fn pair_env(
-    vendor: &str,
-    scenario: &str,
-    extra: &str,
-    env: &[(&str, String)],
-) -> (Simulator, Sb, SocketAddr) {
-    let s = sim(vendor, scenario).await;
-    let port = free_port();
-    let sb = Sb::start_with(
-        &vendor_yaml(
-            vendor,
-            port,
-            &format!("http://{}", s.addr()),
-            &format!("    profile: {vendor}\n{extra}"),
-        ),
-        "5s",
-        env,
-    );
-    (s, sb, local(port))
+    proxied(vendor, scenario, extra, &[]).await
 }
 
 fn call(key: &str) -> Vec<u8> {
@@ -64,11 +42,7 @@ async fn burst(addr: SocketAddr, reqs: Vec<Vec<u8>>) -> Vec<(Resp, Duration)> {
 }
 
 fn metric(text: &str, line_start: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {line_start}"))
+    support::metric(text, line_start).unwrap_or_else(|| panic!("no metric {line_start}"))
 }
 
 const VOICE_AT_VENDOR_LIMIT: &str = "    endpoints:\n      - name: voice\n        match: { path_prefix: /v1/calls }\n        limits: [ { rate: 10, per: 2s, burst: 10 } ]\n";
@@ -246,7 +220,7 @@ async fn keys_never_reach_logs_or_metrics_and_keep_alive_survives_a_rejection() 
         ("SWITCHBOARD__LOG__LEVEL", "debug".to_string()),
         ("SWITCHBOARD__LOG__FORMAT", "json".to_string()),
     ];
-    let (_s, sb, addr) = pair_env("tryvox", "", extra, &env).await;
+    let (_s, sb, addr) = proxied("tryvox", "", extra, &env).await;
     let mut conn = Conn::open(addr).await;
     let secret = "sk_live_TOPSECRET_4242";
     assert_eq!(conn.send(&call(secret)).await.unwrap().status, 200);

@@ -55,7 +55,8 @@ async fn every_seed_example_through_the_proxy_matches_its_golden_envelope() {
             vendor,
             port,
             &format!("http://{}", s.addr()),
-            &format!("    profile: {vendor}\n"),
+            // One attempt: these tests are about the envelope, not retries.
+            &format!("    profile: {vendor}\n    retry: {{ max_attempts: 1 }}\n"),
         ));
         sims.push(s);
         plan.push((vendor, local(port), names));
@@ -132,15 +133,10 @@ async fn epoch_reset_becomes_a_retry_after_in_seconds() {
 
 /// One vendor with a profile in front of a simulator running `scenario`.
 async fn one(vendor: &str, scenario: &str, extra: &str) -> (Simulator, Sb, SocketAddr) {
-    let s = sim(vendor, scenario).await;
-    let port = free_port();
-    let sb = Sb::start(&vendor_yaml(
-        vendor,
-        port,
-        &format!("http://{}", s.addr()),
-        &format!("    profile: {vendor}\n    timeouts: {{ connect: 1s, response: 2s }}\n{extra}"),
-    ));
-    (s, sb, local(port))
+    let extra = format!(
+        "    timeouts: {{ connect: 1s, response: 2s }}\n    retry: {{ max_attempts: 1 }}\n{extra}"
+    );
+    proxied(vendor, scenario, &extra, &[]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

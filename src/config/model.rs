@@ -14,6 +14,7 @@ use super::values::{parse_duration, parse_size};
 use super::Problems;
 use crate::limits::{BucketSpec, Mode, Scope, Shape};
 use crate::normalize::Profile;
+use crate::retry::Policy;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -102,6 +103,8 @@ pub struct Vendor {
     pub limits: Vec<BucketSpec>,
     /// Most API keys tracked at once; new keys beyond share one stricter bucket.
     pub max_keys: usize,
+    /// Retry policy.
+    pub retry: Policy,
 }
 
 /// `vendors[].key`: the header holding the API key, and its auth scheme if any.
@@ -436,7 +439,9 @@ fn vendor(
             DEFAULT_MAX_KEYS
         }
     };
+    let retry = retry_policy(raw.retry.as_ref(), &format!("{path}.retry"), p);
     Some(Vendor {
+        retry,
         key,
         limits,
         max_keys,
@@ -487,6 +492,111 @@ fn key_config(raw: Option<&RawKey>, path: &str, p: &mut Problems) -> KeyConfig {
         None => None,
     };
     KeyConfig { header, scheme }
+}
+
+fn retry_policy(raw: Option<&RawRetry>, path: &str, p: &mut Problems) -> Policy {
+    let d = Policy::default();
+    let Some(r) = raw else {
+        return d;
+    };
+    let max_attempts = match r.max_attempts {
+        None => d.max_attempts,
+        Some(n) if (1..=10).contains(&n) => n as u32,
+        Some(n) => {
+            p.push(
+                format!("{path}.max_attempts"),
+                format!("invalid max_attempts {n} (expected 1 to 10; 1 = never retry)"),
+            );
+            d.max_attempts
+        }
+    };
+    let b = r.backoff.as_ref();
+    let base = duration(
+        b.and_then(|b| b.base.as_deref()),
+        d.base,
+        &format!("{path}.backoff.base"),
+        p,
+    );
+    let max = duration(
+        b.and_then(|b| b.max.as_deref()),
+        d.max,
+        &format!("{path}.backoff.max"),
+        p,
+    );
+    if base > max {
+        p.push(
+            format!("{path}.backoff"),
+            "base must not be larger than max",
+        );
+    }
+    let max_retry_after = duration(
+        r.max_retry_after.as_deref(),
+        d.max_retry_after,
+        &format!("{path}.max_retry_after"),
+        p,
+    );
+    let deadline = duration(
+        r.deadline.as_deref(),
+        d.deadline,
+        &format!("{path}.deadline"),
+        p,
+    );
+    let budget = r.budget.as_ref();
+    let budget_ratio = match budget.and_then(|b| b.ratio) {
+        None => d.budget_ratio,
+        Some(x) if (0.0..=10.0).contains(&x) => x,
+        Some(x) => {
+            p.push(
+                format!("{path}.budget.ratio"),
+                format!("invalid ratio {x} (expected 0 to 10, e.g. 0.2)"),
+            );
+            d.budget_ratio
+        }
+    };
+    let budget_min_per_second = match budget.and_then(|b| b.min_per_second) {
+        None => d.budget_min_per_second,
+        Some(n) if (0..=100_000).contains(&n) => n as u32,
+        Some(n) => {
+            p.push(
+                format!("{path}.budget.min_per_second"),
+                format!("invalid min_per_second {n} (expected 0 to 100000)"),
+            );
+            d.budget_min_per_second
+        }
+    };
+    let idempotency_header = r
+        .idempotency_header
+        .clone()
+        .unwrap_or(d.idempotency_header)
+        .to_ascii_lowercase();
+    if http::header::HeaderName::from_bytes(idempotency_header.as_bytes()).is_err() {
+        p.push(
+            format!("{path}.idempotency_header"),
+            format!("invalid header name {idempotency_header:?}"),
+        );
+    }
+    let queue = match r.queue {
+        None => d.queue,
+        Some(n) if (1..=1_000_000).contains(&n) => n as usize,
+        Some(n) => {
+            p.push(
+                format!("{path}.queue"),
+                format!("invalid queue {n} (expected 1 to 1000000)"),
+            );
+            d.queue
+        }
+    };
+    Policy {
+        max_attempts,
+        base,
+        max,
+        max_retry_after,
+        budget_ratio,
+        budget_min_per_second,
+        idempotency_header,
+        deadline,
+        queue,
+    }
 }
 
 /// `per:` a duration (`1m`, `90s`) or a bare unit (`s`, `m`, `h`).

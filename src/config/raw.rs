@@ -68,6 +68,33 @@ pub struct RawVendor {
     #[serde(default)]
     pub limits: Vec<RawLimit>,
     pub max_keys: Option<i64>,
+    pub retry: Option<RawRetry>,
+}
+
+/// `vendors[].retry:`
+#[derive(Debug, Deserialize, Default)]
+pub struct RawRetry {
+    pub max_attempts: Option<i64>,
+    pub backoff: Option<RawBackoff>,
+    pub max_retry_after: Option<String>,
+    pub budget: Option<RawBudget>,
+    pub idempotency_header: Option<String>,
+    pub deadline: Option<String>,
+    pub queue: Option<i64>,
+}
+
+/// `vendors[].retry.backoff:`
+#[derive(Debug, Deserialize, Default)]
+pub struct RawBackoff {
+    pub base: Option<String>,
+    pub max: Option<String>,
+}
+
+/// `vendors[].retry.budget:`
+#[derive(Debug, Deserialize, Default)]
+pub struct RawBudget {
+    pub ratio: Option<f64>,
+    pub min_per_second: Option<i64>,
 }
 
 /// `vendors[].key:` where the API key is.

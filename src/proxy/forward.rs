@@ -10,7 +10,8 @@
 //!
 //! It owns the mechanics only: codes come from `normalize`, metrics from `metrics`.
 
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::Connector;
@@ -23,8 +24,11 @@ use pingora::{Error, ErrorType, Result};
 use super::{Ctx, VendorRuntime};
 use crate::envelope::{Code, Envelope};
 use crate::headers;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
 use crate::normalize::transport::{classify, AttemptState};
-use crate::normalize::{self, hints, VendorResponse, MAX_ERROR_BODY};
+use crate::normalize::{self, hints, Normalized, VendorResponse, MAX_ERROR_BODY};
+use crate::retry;
 
 /// Request bodies up to this size are buffered before sending (and could be replayed);
 /// larger ones are streamed to the vendor as they arrive.
@@ -41,7 +45,7 @@ pub enum Outcome {
 
 /// The request body as read from the app.
 struct Body {
-    buffered: BytesMut,
+    buffered: Bytes,
     /// More body follows on the downstream session.
     streaming: bool,
     /// The app sent a body at all (`Content-Length` or `Transfer-Encoding`).
@@ -51,12 +55,36 @@ struct Body {
 /// Drives requests to the vendor over Pingora's pooled connector.
 pub struct Forwarder {
     connector: Connector,
+    lifecycle: Arc<Lifecycle>,
+    metrics: Metrics,
 }
 
+/// What one attempt produced, when it was not a transport failure.
+enum Reply {
+    /// A response was written to the app (or the app went away): nothing more to do.
+    Done(Outcome),
+    /// The vendor answered with an error, normalised and not yet written.
+    Error(Box<Normalized>, u16),
+}
+
+/// The answer to give if retrying stops now.
+enum Last {
+    Envelope(Envelope),
+    Failure(Box<Error>),
+}
+
+/// Header a caller uses to shorten its own deadline, in milliseconds. Never forwarded.
+pub const DEADLINE_HEADER: &str = "x-switchboard-deadline";
+
 impl Forwarder {
-    /// A forwarder with its own connection pool.
-    pub fn new(connector: Connector) -> Self {
-        Forwarder { connector }
+    /// A forwarder with its own connection pool; `lifecycle` tells waiting retries to stop
+    /// at shutdown.
+    pub fn new(connector: Connector, lifecycle: Arc<Lifecycle>, metrics: Metrics) -> Self {
+        Forwarder {
+            connector,
+            lifecycle,
+            metrics,
+        }
     }
 
     /// Forwards the request in `session` and answers it. Every path writes exactly one
@@ -82,10 +110,138 @@ impl Forwarder {
             }
             Err(e) => return Outcome::Aborted(e),
         };
-        let req = upstream_request(session.req_header(), vendor, &body);
-        match self.attempt(session, ctx, vendor, req, body).await {
-            Ok(outcome) => outcome,
-            Err(failure) => {
+        let policy = &vendor.cfg.retry;
+        let h = &session.req_header().headers;
+        let idempotency_key = h.contains_key(policy.idempotency_header.as_str());
+        let idempotent_method = session.req_header().method.is_idempotent();
+        // The caller may shorten (never lengthen) the deadline.
+        let deadline = h
+            .get(DEADLINE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(policy.deadline, |ms| {
+                policy.deadline.min(Duration::from_millis(ms))
+            });
+        ctx.idempotent = idempotent_method || idempotency_key;
+        vendor.retry_budget.request(retry::now());
+        let endpoint = vendor.router.name(ctx.endpoint).to_string();
+        let label = |m: &prometheus::IntCounterVec, v: &str| {
+            m.with_label_values(&[&vendor.cfg.name, &endpoint, v]).inc()
+        };
+        loop {
+            let req = upstream_request(session.req_header(), vendor, &body);
+            let result = self.attempt(session, ctx, vendor, req, &body).await;
+            let (outcome, last) = match result {
+                Ok(Reply::Done(outcome)) => {
+                    label(&self.metrics.upstream_attempts, &status_label(ctx));
+                    return outcome;
+                }
+                Ok(Reply::Error(n, status)) => {
+                    label(&self.metrics.upstream_attempts, &status.to_string());
+                    let mut env = n.envelope.clone();
+                    env.error.attempts = ctx.attempts;
+                    (
+                        retry::Outcome::from_normalized(&n, status),
+                        Last::Envelope(env),
+                    )
+                }
+                Err(failure) => {
+                    let outcome = if ctx.sent {
+                        retry::Outcome::Lost
+                    } else {
+                        retry::Outcome::NotSent
+                    };
+                    let what = match failure.etype() {
+                        ErrorType::ConnectTimedout
+                        | ErrorType::ReadTimedout
+                        | ErrorType::WriteTimedout => "timeout",
+                        _ if ctx.sent => "lost",
+                        _ => "connect_error",
+                    };
+                    label(&self.metrics.upstream_attempts, what);
+                    (outcome, Last::Failure(failure))
+                }
+            };
+            let attempt = retry::Attempt {
+                made: ctx.attempts,
+                idempotent_method,
+                idempotency_key,
+                replayable: !body.streaming,
+                time_left: deadline.saturating_sub(ctx.started.elapsed()),
+            };
+            let decision = retry::decide(policy, &attempt, &outcome, true, |ceiling| {
+                let ns = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+                Duration::from_nanos(rand::random_range(0..=ns))
+            });
+            let stop = match decision {
+                retry::Decision::Stop(g) => Some(g.as_str()),
+                retry::Decision::Retry { .. } if !vendor.retry_budget.try_retry(retry::now()) => {
+                    Some(retry::GiveUp::Budget.as_str())
+                }
+                retry::Decision::Retry { after, reason } => {
+                    // Held without a worker: this task sleeps. The line is bounded.
+                    let Ok(_place) = vendor.retry_queue.try_acquire() else {
+                        label(&self.metrics.retry_giveups, "overloaded");
+                        let env = Envelope::proxy(
+                            Code::Overloaded,
+                            "too many requests are waiting to be retried; try again shortly",
+                            &vendor.cfg.name,
+                            &ctx.request_id,
+                        )
+                        .with_attempts(ctx.attempts)
+                        .with_retry_after(Some(1));
+                        return write_envelope(session, ctx, env).await;
+                    };
+                    self.metrics.queue_depth_retry(&vendor.cfg.name, 1);
+                    let waited = self.wait(after).await;
+                    self.metrics.queue_depth_retry(&vendor.cfg.name, -1);
+                    if !waited {
+                        Some("shutdown")
+                    } else if let crate::limits::Verdict::Reject(_) =
+                        vendor.limits.admit(ctx.limit_key, ctx.endpoint).await
+                    {
+                        // A retry takes tokens like a new request; none free: stop here.
+                        Some("ratelimit")
+                    } else {
+                        label(&self.metrics.retries, reason);
+                        None
+                    }
+                }
+            };
+            let Some(why) = stop else { continue };
+            if why != retry::GiveUp::Final.as_str() {
+                label(&self.metrics.retry_giveups, why);
+            }
+            return self.answer_last(session, ctx, vendor, last).await;
+        }
+    }
+
+    /// Sleeps `after`, waking early (with `false`) when shutdown starts: waiting retries
+    /// are answered with their last outcome rather than cut at the end of the grace period.
+    async fn wait(&self, after: Duration) -> bool {
+        let until = tokio::time::Instant::now() + after;
+        loop {
+            if self.lifecycle.is_draining() {
+                return false;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                return true;
+            }
+            tokio::time::sleep((until - now).min(Duration::from_millis(100))).await;
+        }
+    }
+
+    async fn answer_last(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        vendor: &VendorRuntime,
+        last: Last,
+    ) -> Outcome {
+        match last {
+            Last::Envelope(env) => write_envelope(session, ctx, env).await,
+            Last::Failure(failure) => {
                 let state = AttemptState {
                     sent: ctx.sent,
                     idempotent: ctx.idempotent,
@@ -110,8 +266,8 @@ impl Forwarder {
         ctx: &mut Ctx,
         vendor: &VendorRuntime,
         req: RequestHeader,
-        body: Body,
-    ) -> Result<Outcome> {
+        body: &Body,
+    ) -> Result<Reply> {
         let cfg = &vendor.cfg;
         let addr = match vendor.resolver.pick(cfg.timeouts.connect).await {
             Ok(a) => a,
@@ -121,6 +277,7 @@ impl Forwarder {
             }
         };
         let peer = vendor.peer(addr);
+        ctx.pending = None;
         ctx.attempts += 1;
         ctx.sent = false;
         let (mut up, _reused) = self.connector.get_http_session(&peer).await?;
@@ -132,7 +289,7 @@ impl Forwarder {
         up.write_request_header(Box::new(req)).await?;
         let has_more = body.streaming;
         if !body.buffered.is_empty() {
-            up.write_request_body(body.buffered.freeze(), !has_more)
+            up.write_request_body(body.buffered.clone(), !has_more)
                 .await?;
         }
         if has_more {
@@ -165,7 +322,7 @@ impl Forwarder {
                     .release_http_session(up, &peer, Some(cfg.timeouts.idle))
                     .await;
             }
-            return Ok(outcome);
+            return Ok(Reply::Done(outcome));
         }
 
         let (bytes, truncated) = read_capped(&mut up).await;
@@ -188,32 +345,37 @@ impl Forwarder {
                 now,
             ))
         };
-        let outcome = match normalized {
+        let reply = match normalized {
             Some(n) => {
-                let mut env = n.envelope;
-                env.error.attempts = ctx.attempts;
-                if env.error.code == Code::RateLimited {
+                if n.envelope.error.code == Code::RateLimited {
                     vendor.limits.vendor_said(
                         ctx.limit_key,
                         ctx.endpoint,
                         true,
-                        env.error.retry_after_s,
+                        n.envelope.error.retry_after_s,
                     );
                 }
-                write_envelope(session, ctx, env).await
+                Reply::Error(Box::new(n), status)
             }
             // A success after all: what was read, then whatever is left, untouched.
-            None => {
-                write_inspected(session, ctx, &mut up, resp, Bytes::from(bytes), truncated).await
-            }
+            None => Reply::Done(
+                write_inspected(session, ctx, &mut up, resp, Bytes::from(bytes), truncated).await,
+            ),
         };
-        if !truncated || matches!(outcome, Outcome::Answered) && up.response_done() {
+        let written = matches!(reply, Reply::Done(Outcome::Answered));
+        if !truncated || written && up.response_done() {
             self.connector
                 .release_http_session(up, &peer, Some(cfg.timeouts.idle))
                 .await;
         }
-        Ok(outcome)
+        Ok(reply)
     }
+}
+
+/// The `status` label of an attempt whose response was written.
+fn status_label(ctx: &Ctx) -> String {
+    ctx.upstream_status
+        .map_or_else(|| "lost".to_string(), |s| s.to_string())
 }
 
 impl VendorRuntime {
@@ -247,14 +409,14 @@ async fn read_body(session: &mut Session, limit: u64) -> Result<std::result::Res
         buffered.extend_from_slice(&chunk);
         if buffered.len() > REPLAY_LIMIT {
             return Ok(Ok(Body {
-                buffered,
+                buffered: buffered.freeze(),
                 streaming: true,
                 present,
             }));
         }
     }
     Ok(Ok(Body {
-        buffered,
+        buffered: buffered.freeze(),
         streaming: false,
         present,
     }))
@@ -296,6 +458,7 @@ fn upstream_request(app: &RequestHeader, vendor: &VendorRuntime, body: &Body) ->
     headers::strip_request_hop_by_hop(&mut req);
     // The body is already here (or streams on); the vendor must not wait for a go-ahead.
     req.remove_header(&http::header::EXPECT);
+    req.remove_header(DEADLINE_HEADER);
     if !body.streaming && body.present {
         req.remove_header(&http::header::TRANSFER_ENCODING);
         let _ = req.insert_header(

@@ -41,6 +41,10 @@ pub struct VendorRuntime {
     pub resolver: Arc<Resolver>,
     /// Rate limits.
     pub limits: Arc<Limiter>,
+    /// Retry budget.
+    pub retry_budget: crate::retry::Budget,
+    /// Places for requests waiting to be retried.
+    pub retry_queue: tokio::sync::Semaphore,
 }
 
 impl VendorRuntime {
@@ -60,11 +64,16 @@ impl VendorRuntime {
             cfg.max_keys,
             metrics.map(|m| m.limits(&cfg.name)),
         ));
+        let p = &cfg.retry;
+        let retry_budget = crate::retry::Budget::new(p.budget_ratio, p.budget_min_per_second);
+        let retry_queue = tokio::sync::Semaphore::new(p.queue);
         VendorRuntime {
             cfg,
             router,
             resolver,
             limits,
+            retry_budget,
+            retry_queue,
         }
     }
 }

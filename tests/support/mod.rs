@@ -409,3 +409,35 @@ pub async fn tls_sim(scenario_yaml: &str) -> Simulator {
     .await
     .expect("tls simulator")
 }
+
+/// A simulator playing `vendor` (its profile's dialect) and Switchboard in front of it, with
+/// `extra` config lines under the vendor entry and `env` overrides.
+pub async fn proxied(
+    vendor: &str,
+    scenario: &str,
+    extra: &str,
+    env: &[(&str, String)],
+) -> (Simulator, Sb, SocketAddr) {
+    let s = sim(vendor, scenario).await;
+    let port = free_port();
+    let sb = Sb::start_with(
+        &vendor_yaml(
+            vendor,
+            port,
+            &format!("http://{}", s.addr()),
+            &format!("    profile: {vendor}\n{extra}"),
+        ),
+        "5s",
+        env,
+    );
+    (s, sb, local(port))
+}
+
+/// The value of the first `/metrics` line starting with `line_start` (labels in Prometheus'
+/// sorted order), if any.
+pub fn metric(text: &str, line_start: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

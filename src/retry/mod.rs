@@ -1,0 +1,257 @@
+//! Whether to send a request again, and when (SPEC §6). [`decide`] is a pure function of the
+//! policy, the attempt and its outcome; the forwarding engine carries it out.
+//!
+//! The four safety rules:
+//! 1. the connection failed before the request was sent: always safe;
+//! 2. the vendor said it did not process the request (429 `rate_limited`, 503, or a profile
+//!    code marked `unprocessed`): safe for any method;
+//! 3. 500, 502, 504, timeouts, a response lost after sending: safe only for idempotent
+//!    methods or requests carrying the idempotency header;
+//! 4. never: a profile code marked non-retryable (`DELIVERY_FAILED`, `MAX_ATTEMPTS_EXCEEDED`,
+//!    credit and consent errors), whatever the status.
+
+mod budget;
+
+pub use budget::Budget;
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Time since a process-wide origin (the budget's clock).
+pub fn now() -> Duration {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed()
+}
+
+/// A vendor's retry policy (validated config).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Attempts in all, the first included (1 = never retry).
+    pub max_attempts: u32,
+    /// Backoff floor: the first retry waits up to this (full jitter).
+    pub base: Duration,
+    /// Backoff ceiling.
+    pub max: Duration,
+    /// Longest vendor hint worth waiting for; a longer one ends retrying at once.
+    pub max_retry_after: Duration,
+    /// Retries at most this fraction of requests over the budget window...
+    pub budget_ratio: f64,
+    /// ...plus this many per second, whatever the traffic.
+    pub budget_min_per_second: u32,
+    /// Header that makes a non-idempotent request safe to repeat (lower case).
+    pub idempotency_header: String,
+    /// Longest a request may take in all, waits included.
+    pub deadline: Duration,
+    /// Most requests of this vendor waiting for a retry at once.
+    pub queue: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_attempts: 3,
+            base: Duration::from_millis(200),
+            max: Duration::from_secs(10),
+            max_retry_after: Duration::from_secs(30),
+            budget_ratio: 0.2,
+            budget_min_per_second: 5,
+            idempotency_header: "idempotency-key".into(),
+            deadline: Duration::from_secs(60),
+            queue: 1000,
+        }
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// No connection (refused, DNS, TLS, connect timeout): the vendor never saw the request.
+    NotSent,
+    /// Sent, then no usable response (timeout, reset, garbage).
+    Lost,
+    /// The vendor answered with an error.
+    Response {
+        /// The vendor's status.
+        status: u16,
+        /// The canonical code is rate_limited.
+        rate_limited: bool,
+        /// Retryable per the code and the profile.
+        retryable: bool,
+        /// The profile says whether it was processed; `None` = not said.
+        unprocessed: Option<bool>,
+        /// The vendor's wait hint.
+        hint: Option<Duration>,
+    },
+}
+
+/// What is known about the request and the attempts so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// Attempts made, this one included.
+    pub made: u32,
+    /// GET, HEAD, PUT, DELETE, OPTIONS.
+    pub idempotent_method: bool,
+    /// The request carries the idempotency header.
+    pub idempotency_key: bool,
+    /// The body can be sent again byte for byte (it was buffered).
+    pub replayable: bool,
+    /// Time left before the request's deadline.
+    pub time_left: Duration,
+}
+
+/// Why retrying stops (metric label `reason` of `switchboard_retry_giveups_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveUp {
+    /// The outcome is final (a client error, a non-retryable code).
+    Final,
+    /// The request may have been processed and is not safe to repeat.
+    Unsafe,
+    /// The body was streamed, not buffered: it cannot be sent again.
+    NotReplayable,
+    /// `max_attempts` reached.
+    Attempts,
+    /// The vendor asked for a longer wait than `max_retry_after`.
+    HintTooLong,
+    /// The wait would pass the deadline.
+    Deadline,
+    /// The retry budget is spent.
+    Budget,
+}
+
+impl GiveUp {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GiveUp::Final => "final",
+            GiveUp::Unsafe => "unsafe",
+            GiveUp::NotReplayable => "not_replayable",
+            GiveUp::Attempts => "max_attempts",
+            GiveUp::HintTooLong => "hint_too_long",
+            GiveUp::Deadline => "deadline",
+            GiveUp::Budget => "budget",
+        }
+    }
+}
+
+/// The decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Send again after this wait. `reason` labels `switchboard_retries_total`.
+    Retry {
+        /// How long to wait first.
+        after: Duration,
+        /// Why it is retried.
+        reason: &'static str,
+    },
+    /// Answer with the last outcome.
+    Stop(GiveUp),
+}
+
+/// Whether the outcome may be repeated at all (rules 1–4), and the retry reason label.
+fn safe(outcome: &Outcome, idempotent: bool) -> Result<&'static str, GiveUp> {
+    match *outcome {
+        Outcome::NotSent => Ok("connect_error"),
+        Outcome::Lost if idempotent => Ok("lost"),
+        Outcome::Lost => Err(GiveUp::Unsafe),
+        Outcome::Response {
+            status,
+            rate_limited,
+            retryable,
+            unprocessed,
+            ..
+        } => {
+            // Rule 4 first: a code the profile marks non-retryable is final.
+            if !retryable {
+                return Err(GiveUp::Final);
+            }
+            let not_processed = unprocessed.unwrap_or(rate_limited || status == 503);
+            if not_processed {
+                return Ok(if rate_limited {
+                    "rate_limited"
+                } else {
+                    "unavailable"
+                });
+            }
+            if unprocessed == Some(false) && !idempotent {
+                return Err(GiveUp::Unsafe);
+            }
+            if status >= 500 || status == 408 {
+                return if idempotent {
+                    Ok("server_error")
+                } else {
+                    Err(GiveUp::Unsafe)
+                };
+            }
+            // A retryable code on another status (e.g. 409 marked retryable by a profile)
+            // repeats only what is safe to repeat.
+            if idempotent {
+                Ok("retryable_code")
+            } else {
+                Err(GiveUp::Unsafe)
+            }
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in `[0, min(max, base · 2^(retry−1))]`,
+/// `jitter` mapping a ceiling to a value in `[0, ceiling]`.
+pub fn backoff(policy: &Policy, retry: u32, jitter: impl FnOnce(Duration) -> Duration) -> Duration {
+    let exp = 2u32.saturating_pow(retry.saturating_sub(1).min(30));
+    let ceiling = policy.base.saturating_mul(exp).min(policy.max);
+    jitter(ceiling).min(ceiling)
+}
+
+/// Decides whether to send again. `budget_ok` says the retry budget has room;
+/// `jitter` is [`backoff`]'s randomness.
+pub fn decide(
+    policy: &Policy,
+    attempt: &Attempt,
+    outcome: &Outcome,
+    budget_ok: bool,
+    jitter: impl FnOnce(Duration) -> Duration,
+) -> Decision {
+    let idempotent = attempt.idempotent_method || attempt.idempotency_key;
+    let reason = match safe(outcome, idempotent) {
+        Ok(r) => r,
+        Err(g) => return Decision::Stop(g),
+    };
+    if !attempt.replayable {
+        return Decision::Stop(GiveUp::NotReplayable);
+    }
+    if attempt.made >= policy.max_attempts {
+        return Decision::Stop(GiveUp::Attempts);
+    }
+    let hint = match outcome {
+        Outcome::Response { hint, .. } => *hint,
+        _ => None,
+    };
+    let after = match hint {
+        Some(h) if h > policy.max_retry_after => return Decision::Stop(GiveUp::HintTooLong),
+        Some(h) => h,
+        None => backoff(policy, attempt.made, jitter),
+    };
+    if after >= attempt.time_left {
+        return Decision::Stop(GiveUp::Deadline);
+    }
+    if !budget_ok {
+        return Decision::Stop(GiveUp::Budget);
+    }
+    Decision::Retry { after, reason }
+}
+
+#[cfg(test)]
+mod tests;
+
+impl Outcome {
+    /// The outcome of a normalised vendor error.
+    pub fn from_normalized(n: &crate::normalize::Normalized, status: u16) -> Self {
+        let e = &n.envelope.error;
+        Outcome::Response {
+            status,
+            rate_limited: e.code == crate::envelope::Code::RateLimited,
+            retryable: e.retryable,
+            unprocessed: n.unprocessed,
+            hint: e.retry_after_s.map(Duration::from_secs),
+        }
+    }
+}
