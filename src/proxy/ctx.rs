@@ -35,6 +35,8 @@ pub struct Ctx {
     pub upstream_started: Option<Instant>,
     /// How long the last answered attempt took to its response header.
     pub upstream_elapsed: Option<std::time::Duration>,
+    /// Upstream latency was already recorded per attempt (by the forwarding engine).
+    pub upstream_observed: bool,
     /// The vendor's status on the last attempt that answered.
     pub upstream_status: Option<u16>,
     /// A proxy error decided inside a hook, answered by `fail_to_proxy`.
@@ -65,6 +67,7 @@ impl Ctx {
             upstream_started: None,
             upstream_elapsed: None,
             upstream_status: None,
+            upstream_observed: false,
             pending: None,
             status: None,
             error: None,

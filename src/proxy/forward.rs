@@ -130,7 +130,15 @@ impl Forwarder {
         };
         loop {
             let req = upstream_request(session.req_header(), vendor, &body);
+            ctx.upstream_elapsed = None;
             let result = self.attempt(session, ctx, vendor, req, &body).await;
+            if let Some(up) = ctx.upstream_elapsed {
+                self.metrics
+                    .upstream_duration
+                    .with_label_values(&[&vendor.cfg.name, &endpoint])
+                    .observe(up.as_secs_f64());
+            }
+            ctx.upstream_observed = true;
             let (outcome, last) = match result {
                 Ok(Reply::Done(outcome)) => {
                     label(&self.metrics.upstream_attempts, &status_label(ctx));

@@ -420,7 +420,7 @@ impl ProxyHttp for Switchboard {
                 .with_label_values(&[&v.cfg.name, endpoint, code.as_str(), source.as_str()])
                 .inc();
         }
-        if let Some(up) = ctx.upstream_elapsed {
+        if let (Some(up), false) = (ctx.upstream_elapsed, ctx.upstream_observed) {
             self.metrics
                 .upstream_duration
                 .with_label_values(&[&v.cfg.name, endpoint])
@@ -442,6 +442,7 @@ impl ProxyHttp for Switchboard {
             code = ctx.error.map(|(c, _)| c.as_str()),
             attempts = ctx.attempts,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
+            upstream_ms = ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
             error = e.map(|e| e.to_string()),
         );
     }
