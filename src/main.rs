@@ -8,6 +8,31 @@ use switchboard::config::{self, LogFormat};
 use switchboard::demo;
 use switchboard::simulator::{Dialect, Scenario, Simulator};
 
+/// mimalloc instead of glibc malloc: allocation and free were 13 % of CPU under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc commits its arenas eagerly by default, which doubled idle RSS (22 MiB against
+/// 12 MiB). It reads its options from the environment once, before `main`, so the process
+/// starts itself again with the option set (same PID: `exec`). Set the variable yourself
+/// to choose otherwise.
+fn tune_allocator() {
+    use std::os::unix::process::CommandExt;
+    const VAR: &str = "MIMALLOC_ARENA_EAGER_COMMIT";
+    if std::env::var_os(VAR).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(VAR, "0")
+        .exec();
+    // Only reached when exec failed: run on with the default.
+    eprintln!("switchboard: could not restart with {VAR}=0 ({err}); continuing");
+}
+
 #[derive(Parser)]
 #[command(
     name = "switchboard",
@@ -111,6 +136,7 @@ fn run(file: &std::path::Path) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     match cli.cmd {
         None => run(&cli.config),
