@@ -180,7 +180,9 @@ async fn keep_alive_serves_several_requests_on_one_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_upstream_is_upstream_unavailable() {
     let port = free_port();
-    let dead = free_port();
+    // Port 1 (tcpmux): nothing listens there and no other test can take it, unlike a
+    // "free" ephemeral port that a concurrently starting test may bind during the retries.
+    let dead = 1;
     let _sb = Sb::start(&vendor_yaml(
         "tryvox",
         port,
