@@ -28,7 +28,7 @@ impl KeySource {
 
     /// The request's bucket key: a keyed 64-bit hash of the API key (SipHash with a
     /// per-process random key, so the table never holds a key nor a stable digest of one),
-    /// or [`ANONYMOUS`]. A value without the configured scheme counts whole: a different
+    /// or `ANONYMOUS` (0). A value without the configured scheme counts whole: a different
     /// credential is still a different key.
     pub fn key_of(&self, headers: &HeaderMap) -> u64 {
         let Some(v) = headers.get(&self.header) else {

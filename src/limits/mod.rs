@@ -106,7 +106,7 @@ thread_local! {
 }
 
 /// The state store behind every bucket's governor limiter: the check in progress on this
-/// thread (see [`Tx`]). Used outside [`decide`], a bucket would see a fresh state and
+/// thread (see `Tx`). Used outside [`decide`], a bucket would see a fresh state and
 /// record nothing — [`decide`] is the only caller.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TxStore;

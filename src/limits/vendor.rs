@@ -18,7 +18,7 @@ use super::{decide, Bucket, Decision, KeyState, Shape};
 /// pause both). Instants are durations since one process-wide origin.
 ///
 /// Reading the clock is the largest single cost of a decision here (governor reads it once
-/// per bucket); [`Frozen`] lets one decision read it once.
+/// per bucket); `Frozen` lets one decision read it once.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TokioClock;
 
