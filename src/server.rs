@@ -94,7 +94,13 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
     let vendors: Vec<Arc<VendorRuntime>> = cfg
         .vendors
         .iter()
-        .map(|v| Arc::new(VendorRuntime::new(v.clone(), Some(&metrics))))
+        .map(|v| {
+            Arc::new(VendorRuntime::new(
+                v.clone(),
+                Some(&metrics),
+                Some(lifecycle.clone()),
+            ))
+        })
         .collect();
     let resolvers = vendors.iter().map(|v| v.resolver.clone()).collect();
     let limiters = vendors.iter().map(|v| v.limits.clone()).collect();

@@ -245,3 +245,23 @@ async fn keys_never_reach_logs_or_metrics_and_keep_alive_survives_a_rejection() 
     );
     assert!(!logs.contains("TOPSECRET"), "a key leaked into the logs");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_queued_requests_at_once() {
+    let extra = "    endpoints:\n      - name: voice\n        match: { path_prefix: /v1/calls }\n        limits: [ { rate: 1, per: 10s, burst: 1, mode: queue, max_wait: 20s } ]\n";
+    let (s, mut sb, addr) = pair("tryvox", "", extra).await;
+    assert_eq!(send(addr, &call("sk_live_d")).await.status, 200);
+    // The next token is 10 s away: this one waits in line.
+    let queued = tokio::spawn(async move { send(addr, &call("sk_live_d")).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = Instant::now();
+    sb.signal("TERM");
+    let r = queued.await.unwrap();
+    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    assert_eq!(r.status, 429, "{}", r.text());
+    let ra: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((9..=10).contains(&ra), "{ra}");
+    let (code, _) = sb.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    assert_eq!(s.hits(), 1);
+}

@@ -232,6 +232,8 @@ pub struct Limiter {
     gauges: Option<(IntGauge, IntGauge)>,
     /// Where the API key is.
     pub source: KeySource,
+    /// Set once shutdown starts: queued requests are answered instead of held.
+    draining: Option<Arc<crate::lifecycle::Lifecycle>>,
 }
 
 /// Most buckets one request may go through (the decision reports denials as a bit set).
@@ -345,7 +347,20 @@ impl Limiter {
             counters,
             gauges,
             source,
+            draining: None,
         }
+    }
+
+    /// From the start of a shutdown, requests waiting in a queue are answered at once (429
+    /// with their remaining wait), so the app retries elsewhere rather than being cut at the
+    /// end of the grace period.
+    pub fn stop_waiting_on_shutdown(mut self, lifecycle: Arc<crate::lifecycle::Lifecycle>) -> Self {
+        self.draining = Some(lifecycle);
+        self
+    }
+
+    fn is_draining(&self) -> bool {
+        self.draining.as_ref().is_some_and(|l| l.is_draining())
     }
 
     /// Whether any limit applies to this endpoint.
@@ -598,7 +613,18 @@ impl Limiter {
                         if tokio::time::Instant::now() + wait > deadline {
                             return Verdict::Reject(self.reject(plan, wait, worst));
                         }
-                        tokio::time::sleep(wait).await;
+                        // In steps, to notice a shutdown.
+                        let until = tokio::time::Instant::now() + wait;
+                        loop {
+                            let now = tokio::time::Instant::now();
+                            if now >= until {
+                                break;
+                            }
+                            if self.is_draining() {
+                                return Verdict::Reject(self.reject(plan, until - now, worst));
+                            }
+                            tokio::time::sleep((until - now).min(Duration::from_millis(100))).await;
+                        }
                     }
                 }
             }

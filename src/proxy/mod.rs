@@ -48,22 +48,27 @@ pub struct VendorRuntime {
 }
 
 impl VendorRuntime {
-    /// Builds the runtime pieces for one vendor; `metrics` receives its rate-limit series.
-    pub fn new(cfg: Vendor, metrics: Option<&Metrics>) -> Self {
+    /// Builds the runtime pieces for one vendor; `metrics` receives its rate-limit series;
+    /// `lifecycle` tells queued requests that shutdown started.
+    pub fn new(cfg: Vendor, metrics: Option<&Metrics>, lifecycle: Option<Arc<Lifecycle>>) -> Self {
         let router = Router::new(cfg.endpoints.clone());
         let resolver = Arc::new(Resolver::new(&cfg.upstream, cfg.dns_refresh));
         let header = http::header::HeaderName::from_bytes(cfg.key.header.as_bytes())
             .unwrap_or(http::header::AUTHORIZATION);
         let per_endpoint: Vec<_> = cfg.endpoints.iter().map(|e| e.limits.clone()).collect();
         let names: Vec<String> = router.names().map(str::to_string).collect();
-        let limits = Arc::new(Limiter::new(
+        let mut limiter = Limiter::new(
             &cfg.limits,
             &per_endpoint,
             &names,
             KeySource::new(header, cfg.key.scheme.clone()),
             cfg.max_keys,
             metrics.map(|m| m.limits(&cfg.name)),
-        ));
+        );
+        if let Some(l) = lifecycle {
+            limiter = limiter.stop_waiting_on_shutdown(l);
+        }
+        let limits = Arc::new(limiter);
         let p = &cfg.retry;
         let retry_budget = crate::retry::Budget::new(p.budget_ratio, p.budget_min_per_second);
         let retry_queue = tokio::sync::Semaphore::new(p.queue);
