@@ -257,7 +257,11 @@ async fn shutdown_answers_queued_requests_at_once() {
     let start = Instant::now();
     sb.signal("TERM");
     let r = queued.await.unwrap();
-    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(r.status, 429, "{}", r.text());
     let ra: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((9..=10).contains(&ra), "{ra}");
