@@ -6,6 +6,8 @@
 //! Run: `cargo bench --bench limits`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -152,11 +154,5 @@ fn run(threads: usize, iters: u64, f: impl Fn(u64) + Sync) -> Duration {
     start.elapsed()
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-}
-
-criterion_group! { name = benches; config = config(); targets = bench }
+criterion_group! { name = benches; config = common::config(); targets = bench }
 criterion_main!(benches);

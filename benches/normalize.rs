@@ -8,6 +8,8 @@
 //! Run: `cargo bench --bench normalize`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -95,11 +97,5 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-}
-
-criterion_group! { name = benches; config = config(); targets = bench }
+criterion_group! { name = benches; config = common::config(); targets = bench }
 criterion_main!(benches);

@@ -38,6 +38,22 @@ impl Lifecycle {
         self.draining.load(Ordering::SeqCst)
     }
 
+    /// Sleeps until `until`, waking early (with `false`) once a shutdown starts: requests
+    /// that wait (for a retry, for a rate-limit token) are answered rather than cut at the
+    /// end of the grace period. Checks every 100 ms.
+    pub async fn sleep_unless_draining(&self, until: tokio::time::Instant) -> bool {
+        loop {
+            if self.is_draining() {
+                return false;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                return true;
+            }
+            tokio::time::sleep((until - now).min(std::time::Duration::from_millis(100))).await;
+        }
+    }
+
     /// Requests currently being handled.
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::SeqCst)

@@ -84,88 +84,70 @@ impl Metrics {
     /// every `code` series exists at 0 from start-up.
     pub fn new(vendors: &[(String, Vec<String>)]) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "switchboard_requests_total",
-                "Requests answered, by final status",
-            ),
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok::<_, prometheus::Error>(g)
+        };
+        let histogram = |name: &str, help: &str| {
+            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+            let h = HistogramVec::new(opts, &["vendor", "endpoint"])?;
+            registry.register(Box::new(h.clone()))?;
+            Ok::<_, prometheus::Error>(h)
+        };
+        let requests = counter(
+            "switchboard_requests_total",
+            "Requests answered, by final status",
             &["vendor", "endpoint", "method", "status"],
         )?;
-        let errors = IntCounterVec::new(
-            Opts::new(
-                "switchboard_errors_total",
-                "Error responses, by canonical code and source",
-            ),
+        let errors = counter(
+            "switchboard_errors_total",
+            "Error responses, by canonical code and source",
             &["vendor", "endpoint", "code", "source"],
         )?;
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "switchboard_request_duration_seconds",
-                "Time from request received to response finished",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["vendor", "endpoint"],
+        let request_duration = histogram(
+            "switchboard_request_duration_seconds",
+            "Time from request received to response finished",
         )?;
-        let upstream_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "switchboard_upstream_duration_seconds",
-                "Time from upstream request sent to response header received, per attempt",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["vendor", "endpoint"],
+        let upstream_duration = histogram(
+            "switchboard_upstream_duration_seconds",
+            "Time from upstream request sent to response header received, per attempt",
         )?;
-        let ratelimit_decisions = IntCounterVec::new(
-            Opts::new(
-                "switchboard_ratelimit_decisions_total",
-                "Rate-limit decisions: allowed, queued (then allowed or rejected), rejected, shadow_rejected",
-            ),
+        let ratelimit_decisions = counter(
+            "switchboard_ratelimit_decisions_total",
+            "Rate-limit decisions: allowed, queued (then allowed or rejected), rejected, shadow_rejected",
             &["vendor", "endpoint", "scope", "decision"],
         )?;
-        let queue_depth = IntGaugeVec::new(
-            Opts::new(
-                "switchboard_queue_depth",
-                "Requests currently held waiting (rate-limit queue)",
-            ),
+        let queue_depth = gauge(
+            "switchboard_queue_depth",
+            "Requests currently held waiting (rate-limit queue or a retry)",
             &["vendor"],
         )?;
-        let ratelimit_keys = IntGaugeVec::new(
-            Opts::new(
-                "switchboard_ratelimit_keys",
-                "API keys with live rate-limit state",
-            ),
+        let ratelimit_keys = gauge(
+            "switchboard_ratelimit_keys",
+            "API keys with live rate-limit state",
             &["vendor"],
         )?;
-        let upstream_attempts = IntCounterVec::new(
-            Opts::new(
-                "switchboard_upstream_attempts_total",
-                "Requests sent to the vendor, retries included, by vendor status (or connect_error, timeout, lost)",
-            ),
+        let upstream_attempts = counter(
+            "switchboard_upstream_attempts_total",
+            "Requests sent to the vendor, retries included, by vendor status (or connect_error, timeout, lost)",
             &["vendor", "endpoint", "status"],
         )?;
-        let retries = IntCounterVec::new(
-            Opts::new(
-                "switchboard_retries_total",
-                "Retries sent, by why the previous attempt was retried",
-            ),
+        let retries = counter(
+            "switchboard_retries_total",
+            "Retries sent, by why the previous attempt was retried",
             &["vendor", "endpoint", "reason"],
         )?;
-        let retry_giveups = IntCounterVec::new(
-            Opts::new(
-                "switchboard_retry_giveups_total",
-                "Retriable-looking outcomes answered without a retry, by why (budget, max_attempts, unsafe, ...)",
-            ),
+        let retry_giveups = counter(
+            "switchboard_retry_giveups_total",
+            "Retriable-looking outcomes answered without a retry, by why (budget, max_attempts, unsafe, ...)",
             &["vendor", "endpoint", "reason"],
         )?;
-        registry.register(Box::new(upstream_attempts.clone()))?;
-        registry.register(Box::new(retries.clone()))?;
-        registry.register(Box::new(retry_giveups.clone()))?;
-        registry.register(Box::new(ratelimit_decisions.clone()))?;
-        registry.register(Box::new(queue_depth.clone()))?;
-        registry.register(Box::new(ratelimit_keys.clone()))?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(errors.clone()))?;
-        registry.register(Box::new(request_duration.clone()))?;
-        registry.register(Box::new(upstream_duration.clone()))?;
         for (vendor, endpoints) in vendors {
             queue_depth.with_label_values(&[vendor]);
             ratelimit_keys.with_label_values(&[vendor]);

@@ -245,3 +245,19 @@ async fn shutdown_answers_waiting_retries() {
     assert_eq!(code, Some(0));
     assert_eq!(s.hits(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_errors_are_not_retried() {
+    // The vendor's error goes to the app untouched, so Switchboard never reads it: no retry.
+    let extra = "    passthrough_errors: true\n    retry: { backoff: { base: 5ms, max: 20ms } }\n";
+    let (s, _sb, addr) = pair(
+        "tryvox",
+        "default: { status: 503, body: \"vendor says no\" }\n",
+        extra,
+    )
+    .await;
+    let r = get(addr, "/v1/numbers").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.text(), "vendor says no");
+    assert_eq!(s.hits(), 1);
+}

@@ -32,18 +32,6 @@ vendors:
     profile: tryvox
     limits: [ { rate: 1000000000, per: 1h } ]
 YAML
-# Each wrk thread walks its own 50k keys: two threads, 100k distinct keys.
-cat > "$work/keys.lua" <<'LUA'
-local counter = 0
-id = 0
-local threads = {}
-function setup(thread) thread:set("id", #threads); table.insert(threads, thread) end
-function request()
-  counter = counter + 1
-  local k = id * 1000000 + (counter % 50000)
-  return wrk.format("GET", "/v1/numbers", { ["Authorization"] = "Bearer sk_live_" .. k })
-end
-LUA
 
 "$BIN" simulate --vendor tryvox --listen 127.0.0.1:18090 --scenario "$work/scenario.yaml" >/dev/null &
 "$BIN" --config "$work/sb.yaml" 2>"$work/sb.log" &
@@ -53,5 +41,5 @@ rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' /proc/$SB/status; }
 keys() { curl -s http://127.0.0.1:19901/metrics | awk '/^switchboard_ratelimit_keys/ {print $2}'; }
 
 echo "idle: $(rss)"
-wrk -t2 -c16 -d${DURATION:-30s} -s "$work/keys.lua" http://127.0.0.1:18081 | grep -E "Requests/sec|requests in"
+wrk -t2 -c16 -d${DURATION:-30s} -s benches/load/keys.lua http://127.0.0.1:18081 | grep -E "Requests/sec|requests in"
 echo "after: $(rss), live keys: $(keys)"

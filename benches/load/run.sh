@@ -98,19 +98,8 @@ EOF
 # Fixed rate: each of 10 connections waits 10 ms between requests (about 1,000 req/s).
 cat "$work/report.lua" > "$work/paced.lua"
 echo 'delay = function() return 10 end' >> "$work/paced.lua"
-# Every request with its own key: 2 wrk threads x 50k keys.
-cat "$work/report.lua" > "$work/keys.lua"
-cat >> "$work/keys.lua" <<'EOF'
-local counter = 0
-id = 0
-local threads = {}
-function setup(thread) thread:set("id", #threads); table.insert(threads, thread) end
-function request()
-  counter = counter + 1
-  local k = id * 1000000 + (counter % 50000)
-  return wrk.format("GET", "/v1/numbers", { ["Authorization"] = "Bearer sk_live_" .. k })
-end
-EOF
+# Every request with its own key (2 wrk threads x 50k keys), reporting like the others.
+cat "$work/report.lua" benches/load/keys.lua > "$work/keys.lua"
 
 nginx -c "$work/origin.conf" & pids+=($!)
 nginx -c "$work/proxy.conf" & pids+=($!)

@@ -564,17 +564,16 @@ fn retry_policy(raw: Option<&RawRetry>, path: &str, p: &mut Problems) -> Policy 
             d.budget_min_per_second
         }
     };
-    let idempotency_header = r
-        .idempotency_header
-        .clone()
-        .unwrap_or(d.idempotency_header)
-        .to_ascii_lowercase();
-    if http::header::HeaderName::from_bytes(idempotency_header.as_bytes()).is_err() {
-        p.push(
-            format!("{path}.idempotency_header"),
-            format!("invalid header name {idempotency_header:?}"),
-        );
-    }
+    let idempotency_header = match r.idempotency_header.as_deref() {
+        None => d.idempotency_header,
+        Some(name) => http::header::HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|_| {
+            p.push(
+                format!("{path}.idempotency_header"),
+                format!("invalid header name {name:?}"),
+            );
+            d.idempotency_header
+        }),
+    };
     let queue = match r.queue {
         None => d.queue,
         Some(n) if (1..=1_000_000).contains(&n) => n as usize,

@@ -52,8 +52,13 @@ impl Shape {
         if self.burst == 0 || self.burst > self.rate || self.per.is_zero() {
             return None;
         }
-        let interval = self.per / (self.rate - self.burst + 1);
-        Some(Quota::with_period(interval)?.allow_burst(NonZeroU32::new(self.burst)?))
+        Some(Quota::with_period(self.interval())?.allow_burst(NonZeroU32::new(self.burst)?))
+    }
+
+    /// The spacing after the burst: `per / (rate - burst + 1)` (the whole window for an
+    /// impossible shape, never a division by zero).
+    pub fn interval(&self) -> Duration {
+        self.per / (self.rate.saturating_sub(self.burst) + 1)
     }
 }
 
@@ -192,23 +197,23 @@ pub fn decide<C: Clock>(checks: &[(&Bucket<C>, &KeyState)]) -> Decision {
             let Some(tat) = key.tat(bucket.slot) else {
                 continue;
             };
-            let mut wait = None;
-            {
-                let old = tat.load(Ordering::Acquire);
-                TX.with(|t| {
-                    t.set(Tx {
-                        active: true,
-                        old,
-                        new: old,
-                    })
-                });
-                let checked = bucket.limiter.check();
-                let tx = TX.with(|t| t.replace(Tx::default()));
-                match checked {
-                    Ok(()) => pending.push(Pending { old, new: tx.new }),
-                    Err(not_until) => wait = Some(not_until.wait_time_from(bucket.clock.now())),
+            let old = tat.load(Ordering::Acquire);
+            TX.with(|t| {
+                t.set(Tx {
+                    active: true,
+                    old,
+                    new: old,
+                })
+            });
+            let checked = bucket.limiter.check();
+            let tx = TX.with(|t| t.replace(Tx::default()));
+            let wait = match checked {
+                Ok(()) => {
+                    pending.push(Pending { old, new: tx.new });
+                    None
                 }
-            }
+                Err(not_until) => Some(not_until.wait_time_from(bucket.clock.now())),
+            };
             if let Some(w) = wait {
                 denied |= 1u64.checked_shl(i as u32).unwrap_or(0);
                 if deny.is_none_or(|(d, _)| w > d) {

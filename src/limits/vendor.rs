@@ -176,6 +176,37 @@ impl Reject {
         let d = self.wait;
         (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
     }
+
+    /// The canonical answer: a `rate_limited` envelope from the proxy with the exact
+    /// `Retry-After`, and the `X-RateLimit-*` headers of the bucket that denied.
+    pub fn answer(
+        &self,
+        vendor: &str,
+        request_id: &str,
+    ) -> (crate::envelope::Envelope, [(&'static str, String); 3]) {
+        let whose = match self.scope {
+            Scope::Key => "this API key",
+            Scope::Global => "all keys together",
+        };
+        let secs = self.retry_after_s();
+        let env = crate::envelope::Envelope::proxy(
+            crate::envelope::Code::RateLimited,
+            format!(
+                "rate limit of {} requests per {} reached for {whose}; retry in {secs} s",
+                self.limit,
+                humantime::format_duration(self.per)
+            ),
+            vendor,
+            request_id,
+        )
+        .with_retry_after(Some(secs));
+        let headers = [
+            ("x-ratelimit-limit", self.limit.to_string()),
+            ("x-ratelimit-remaining", "0".to_string()),
+            ("x-ratelimit-reset", secs.to_string()),
+        ];
+        (env, headers)
+    }
 }
 
 /// The answer for one request.
@@ -357,10 +388,6 @@ impl Limiter {
     pub fn stop_waiting_on_shutdown(mut self, lifecycle: Arc<crate::lifecycle::Lifecycle>) -> Self {
         self.draining = Some(lifecycle);
         self
-    }
-
-    fn is_draining(&self) -> bool {
-        self.draining.as_ref().is_some_and(|l| l.is_draining())
     }
 
     /// Whether any limit applies to this endpoint.
@@ -613,17 +640,17 @@ impl Limiter {
                         if tokio::time::Instant::now() + wait > deadline {
                             return Verdict::Reject(self.reject(plan, wait, worst));
                         }
-                        // In steps, to notice a shutdown.
                         let until = tokio::time::Instant::now() + wait;
-                        loop {
-                            let now = tokio::time::Instant::now();
-                            if now >= until {
-                                break;
+                        let slept = match &self.draining {
+                            Some(l) => l.sleep_unless_draining(until).await,
+                            None => {
+                                tokio::time::sleep_until(until).await;
+                                true
                             }
-                            if self.is_draining() {
-                                return Verdict::Reject(self.reject(plan, until - now, worst));
-                            }
-                            tokio::time::sleep((until - now).min(Duration::from_millis(100))).await;
+                        };
+                        if !slept {
+                            let left = until.saturating_duration_since(tokio::time::Instant::now());
+                            return Verdict::Reject(self.reject(plan, left, worst));
                         }
                     }
                 }
@@ -653,22 +680,13 @@ impl Limiter {
     /// A `Retry-After` for a request turned away from a line: one emission interval of the
     /// tightest bucket per request ahead of it.
     fn estimate(&self, plan: &Plan, ahead: usize) -> Reject {
-        let worst = plan
+        let (worst, interval) = plan
             .enforce
             .iter()
+            .map(|&i| self.buckets[i].spec.shape.interval())
             .enumerate()
-            .max_by_key(|(_, &i)| {
-                let s = self.buckets[i].spec.shape;
-                s.per / (s.rate - s.burst + 1).max(1)
-            })
-            .map_or(0, |(n, _)| n);
-        let interval = plan
-            .enforce
-            .get(worst)
-            .map(|&i| self.buckets[i].spec.shape)
-            .map_or(Duration::from_secs(1), |s| {
-                s.per / (s.rate - s.burst + 1).max(1)
-            });
+            .max_by_key(|&(_, interval)| interval)
+            .unwrap_or((0, Duration::from_secs(1)));
         let n = u32::try_from(ahead + 1).unwrap_or(u32::MAX);
         self.reject(plan, interval.saturating_mul(n), worst)
     }
@@ -967,6 +985,14 @@ mod tests {
         assert_eq!(l.admit(1, 0).await, Verdict::Allow);
         l.vendor_said(1, 0, true, None);
         assert!(matches!(l.admit(1, 0).await, Verdict::Reject(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_configured_limit_nothing_is_paused() {
+        let l = limiter(vec![], vec![], None);
+        assert!(!l.applies(0));
+        l.vendor_said(1, 0, true, Some(30));
+        assert_eq!(l.admit(1, 0).await, Verdict::Allow);
     }
 
     #[tokio::test(start_paused = true)]

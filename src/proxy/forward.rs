@@ -67,6 +67,16 @@ enum Reply {
     Error(Box<Normalized>, u16),
 }
 
+/// What [`Forwarder::hold_for_retry`] allows.
+enum Hold {
+    /// Send again.
+    Go,
+    /// Answer with the last outcome; the give-up reason.
+    Stop(&'static str),
+    /// An answer was already written (the retry line was full).
+    Answered(Outcome),
+}
+
 /// The answer to give if retrying stops now.
 enum Last {
     Envelope(Envelope),
@@ -112,7 +122,7 @@ impl Forwarder {
         };
         let policy = &vendor.cfg.retry;
         let h = &session.req_header().headers;
-        let idempotency_key = h.contains_key(policy.idempotency_header.as_str());
+        let idempotency_key = h.contains_key(&policy.idempotency_header);
         let idempotent_method = session.req_header().method.is_idempotent();
         // The caller may shorten (never lengthen) the deadline.
         let deadline = h
@@ -124,9 +134,9 @@ impl Forwarder {
             });
         ctx.idempotent = idempotent_method || idempotency_key;
         vendor.retry_budget.request(retry::now());
-        let endpoint = vendor.router.name(ctx.endpoint).to_string();
+        let endpoint = vendor.router.name(ctx.endpoint);
         let label = |m: &prometheus::IntCounterVec, v: &str| {
-            m.with_label_values(&[&vendor.cfg.name, &endpoint, v]).inc()
+            m.with_label_values(&[&vendor.cfg.name, endpoint, v]).inc()
         };
         loop {
             let req = upstream_request(session.req_header(), vendor, &body);
@@ -135,7 +145,7 @@ impl Forwarder {
             if let Some(up) = ctx.upstream_elapsed {
                 self.metrics
                     .upstream_duration
-                    .with_label_values(&[&vendor.cfg.name, &endpoint])
+                    .with_label_values(&[&vendor.cfg.name, endpoint])
                     .observe(up.as_secs_f64());
             }
             ctx.upstream_observed = true;
@@ -146,12 +156,10 @@ impl Forwarder {
                 }
                 Ok(Reply::Error(n, status)) => {
                     label(&self.metrics.upstream_attempts, &status.to_string());
-                    let mut env = n.envelope.clone();
+                    let outcome = retry::Outcome::from_normalized(&n, status);
+                    let mut env = n.envelope;
                     env.error.attempts = ctx.attempts;
-                    (
-                        retry::Outcome::from_normalized(&n, status),
-                        Last::Envelope(env),
-                    )
+                    (outcome, Last::Envelope(env))
                 }
                 Err(failure) => {
                     let outcome = if ctx.sent {
@@ -177,42 +185,20 @@ impl Forwarder {
                 replayable: !body.streaming,
                 time_left: deadline.saturating_sub(ctx.started.elapsed()),
             };
-            let decision = retry::decide(policy, &attempt, &outcome, true, |ceiling| {
+            let decision = retry::decide(policy, &attempt, &outcome, |ceiling| {
                 let ns = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
                 Duration::from_nanos(rand::random_range(0..=ns))
             });
             let stop = match decision {
                 retry::Decision::Stop(g) => Some(g.as_str()),
-                retry::Decision::Retry { .. } if !vendor.retry_budget.try_retry(retry::now()) => {
-                    Some(retry::GiveUp::Budget.as_str())
-                }
                 retry::Decision::Retry { after, reason } => {
-                    // Held without a worker: this task sleeps. The line is bounded.
-                    let Ok(_place) = vendor.retry_queue.try_acquire() else {
-                        label(&self.metrics.retry_giveups, "overloaded");
-                        let env = Envelope::proxy(
-                            Code::Overloaded,
-                            "too many requests are waiting to be retried; try again shortly",
-                            &vendor.cfg.name,
-                            &ctx.request_id,
-                        )
-                        .with_attempts(ctx.attempts)
-                        .with_retry_after(Some(1));
-                        return write_envelope(session, ctx, env).await;
-                    };
-                    self.metrics.queue_depth_retry(&vendor.cfg.name, 1);
-                    let waited = self.wait(after).await;
-                    self.metrics.queue_depth_retry(&vendor.cfg.name, -1);
-                    if !waited {
-                        Some("shutdown")
-                    } else if let crate::limits::Verdict::Reject(_) =
-                        vendor.limits.admit(ctx.limit_key, ctx.endpoint).await
-                    {
-                        // A retry takes tokens like a new request; none free: stop here.
-                        Some("ratelimit")
-                    } else {
-                        label(&self.metrics.retries, reason);
-                        None
+                    match self.hold_for_retry(session, ctx, vendor, after).await {
+                        Hold::Go => {
+                            label(&self.metrics.retries, reason);
+                            None
+                        }
+                        Hold::Stop(why) => Some(why),
+                        Hold::Answered(outcome) => return outcome,
                     }
                 }
             };
@@ -224,19 +210,50 @@ impl Forwarder {
         }
     }
 
-    /// Sleeps `after`, waking early (with `false`) when shutdown starts: waiting retries
-    /// are answered with their last outcome rather than cut at the end of the grace period.
-    async fn wait(&self, after: Duration) -> bool {
-        let until = tokio::time::Instant::now() + after;
-        loop {
-            if self.lifecycle.is_draining() {
-                return false;
-            }
-            let now = tokio::time::Instant::now();
-            if now >= until {
-                return true;
-            }
-            tokio::time::sleep((until - now).min(Duration::from_millis(100))).await;
+    /// Everything between deciding to retry and sending again: the budget, a place in the
+    /// bounded retry line (full: `overloaded` is answered here), the wait (cut short by a
+    /// shutdown), and rate-limit tokens, which a retry takes like a new request.
+    async fn hold_for_retry(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        vendor: &VendorRuntime,
+        after: Duration,
+    ) -> Hold {
+        if !vendor.retry_budget.try_retry(retry::now()) {
+            return Hold::Stop(retry::GiveUp::Budget.as_str());
+        }
+        let Ok(_place) = vendor.retry_queue.try_acquire() else {
+            self.metrics
+                .retry_giveups
+                .with_label_values(&[
+                    &vendor.cfg.name,
+                    vendor.router.name(ctx.endpoint),
+                    "overloaded",
+                ])
+                .inc();
+            let env = Envelope::proxy(
+                Code::Overloaded,
+                "too many requests are waiting to be retried; try again shortly",
+                &vendor.cfg.name,
+                &ctx.request_id,
+            )
+            .with_attempts(ctx.attempts)
+            .with_retry_after(Some(1));
+            return Hold::Answered(write_envelope(session, ctx, env).await);
+        };
+        self.metrics.queue_depth_retry(&vendor.cfg.name, 1);
+        let waited = self
+            .lifecycle
+            .sleep_unless_draining(tokio::time::Instant::now() + after)
+            .await;
+        self.metrics.queue_depth_retry(&vendor.cfg.name, -1);
+        if !waited {
+            return Hold::Stop("shutdown");
+        }
+        match vendor.limits.admit(ctx.limit_key, ctx.endpoint).await {
+            crate::limits::Verdict::Allow => Hold::Go,
+            crate::limits::Verdict::Reject(_) => Hold::Stop("ratelimit"),
         }
     }
 

@@ -26,7 +26,7 @@ use crate::config::Vendor;
 use crate::envelope::{Code, Envelope};
 use crate::headers;
 use crate::lifecycle::Lifecycle;
-use crate::limits::{KeySource, Limiter, Reject, Scope, Verdict};
+use crate::limits::{KeySource, Limiter, Verdict};
 use crate::metrics::{method_label, Metrics};
 use crate::normalize::transport::{classify, AttemptState};
 use crate::routing::{Resolver, Router};
@@ -81,36 +81,6 @@ impl VendorRuntime {
             retry_queue,
         }
     }
-}
-
-/// The canonical answer to a request the limiter turned away.
-fn rate_limited(
-    r: &Reject,
-    vendor: &str,
-    request_id: &str,
-) -> (Envelope, [(&'static str, String); 3]) {
-    let whose = match r.scope {
-        Scope::Key => "this API key",
-        Scope::Global => "all keys together",
-    };
-    let secs = r.retry_after_s();
-    let env = Envelope::proxy(
-        Code::RateLimited,
-        format!(
-            "rate limit of {} requests per {} reached for {whose}; retry in {secs} s",
-            r.limit,
-            humantime::format_duration(r.per)
-        ),
-        vendor,
-        request_id,
-    )
-    .with_retry_after(Some(secs));
-    let headers = [
-        ("x-ratelimit-limit", r.limit.to_string()),
-        ("x-ratelimit-remaining", "0".to_string()),
-        ("x-ratelimit-reset", secs.to_string()),
-    ];
-    (env, headers)
 }
 
 /// The proxy service shared by all vendor listeners.
@@ -238,7 +208,7 @@ impl ProxyHttp for Switchboard {
         }
         if vendor.limits.applies(ctx.endpoint) {
             if let Verdict::Reject(r) = vendor.limits.admit(ctx.limit_key, ctx.endpoint).await {
-                let (env, extra) = rate_limited(&r, name, &ctx.request_id);
+                let (env, extra) = r.answer(name, &ctx.request_id);
                 self.answer(session, ctx, env, true, &extra).await?;
                 return Ok(true);
             }

@@ -38,8 +38,8 @@ pub struct Policy {
     pub budget_ratio: f64,
     /// ...plus this many per second, whatever the traffic.
     pub budget_min_per_second: u32,
-    /// Header that makes a non-idempotent request safe to repeat (lower case).
-    pub idempotency_header: String,
+    /// Header that makes a non-idempotent request safe to repeat (parsed once at load).
+    pub idempotency_header: http::header::HeaderName,
     /// Longest a request may take in all, waits included.
     pub deadline: Duration,
     /// Most requests of this vendor waiting for a retry at once.
@@ -55,7 +55,7 @@ impl Default for Policy {
             max_retry_after: Duration::from_secs(30),
             budget_ratio: 0.2,
             budget_min_per_second: 5,
-            idempotency_header: "idempotency-key".into(),
+            idempotency_header: http::header::HeaderName::from_static("idempotency-key"),
             deadline: Duration::from_secs(60),
             queue: 1000,
         }
@@ -201,13 +201,13 @@ pub fn backoff(policy: &Policy, retry: u32, jitter: impl FnOnce(Duration) -> Dur
     jitter(ceiling).min(ceiling)
 }
 
-/// Decides whether to send again. `budget_ok` says the retry budget has room;
-/// `jitter` is [`backoff`]'s randomness.
+/// Decides whether to send again; `jitter` is [`backoff`]'s randomness. The retry budget
+/// is the caller's last check ([`Budget::try_retry`]): only a retry that will happen may
+/// spend it.
 pub fn decide(
     policy: &Policy,
     attempt: &Attempt,
     outcome: &Outcome,
-    budget_ok: bool,
     jitter: impl FnOnce(Duration) -> Duration,
 ) -> Decision {
     let idempotent = attempt.idempotent_method || attempt.idempotency_key;
@@ -232,9 +232,6 @@ pub fn decide(
     };
     if after >= attempt.time_left {
         return Decision::Stop(GiveUp::Deadline);
-    }
-    if !budget_ok {
-        return Decision::Stop(GiveUp::Budget);
     }
     Decision::Retry { after, reason }
 }

@@ -31,7 +31,7 @@ fn resp(status: u16, rate_limited: bool, retryable: bool, hint: Option<u64>) -> 
 }
 
 fn run(a: &Attempt, o: &Outcome) -> Decision {
-    decide(&Policy::default(), a, o, true, |c| c)
+    decide(&Policy::default(), a, o, |c| c)
 }
 
 fn retried(d: Decision) -> bool {
@@ -151,7 +151,7 @@ fn profile_marks_override_the_status() {
 }
 
 #[test]
-fn waits_hints_attempts_deadline_budget_and_replay() {
+fn waits_hints_attempts_deadline_and_replay() {
     let p = Policy::default();
     let r429 = resp(429, true, true, Some(2));
     assert_eq!(
@@ -173,7 +173,7 @@ fn waits_hints_attempts_deadline_budget_and_replay() {
             max_attempts: 100,
             ..p.clone()
         };
-        let d = decide(&p, &a, &Outcome::Lost, true, |c| c);
+        let d = decide(&p, &a, &Outcome::Lost, |c| c);
         assert_eq!(
             d,
             Decision::Retry {
@@ -182,7 +182,7 @@ fn waits_hints_attempts_deadline_budget_and_replay() {
             },
             "attempt {made}"
         );
-        let d = decide(&p, &a, &Outcome::Lost, true, |_| Duration::ZERO);
+        let d = decide(&p, &a, &Outcome::Lost, |_| Duration::ZERO);
         assert!(matches!(d, Decision::Retry { after, .. } if after.is_zero()));
     }
     let third = Attempt { made: 3, ..GET };
@@ -195,10 +195,6 @@ fn waits_hints_attempts_deadline_budget_and_replay() {
         ..POST
     };
     assert_eq!(run(&late, &r429), Decision::Stop(GiveUp::Deadline));
-    assert_eq!(
-        decide(&p, &GET, &Outcome::Lost, false, |c| c),
-        Decision::Stop(GiveUp::Budget)
-    );
     let streamed = Attempt {
         replayable: false,
         ..GET
