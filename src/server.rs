@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::lifecycle::Lifecycle;
 use crate::limits::Sweeper;
 use crate::metrics::Metrics;
+use crate::proxy::pool::Upstreams;
 use crate::proxy::{Forwarder, Switchboard, VendorRuntime};
 use crate::routing::DnsRefresher;
 use pingora::connectors::http::Connector;
@@ -110,9 +111,9 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
         &server.configuration,
         Switchboard::new(
             Forwarder::new(
-                Connector::new(Some(ConnectorOptions::from_server_conf(
+                Upstreams::new(Connector::new(Some(ConnectorOptions::from_server_conf(
                     &server.configuration,
-                ))),
+                )))),
                 lifecycle.clone(),
                 metrics.clone(),
             ),

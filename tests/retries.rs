@@ -261,3 +261,25 @@ async fn passthrough_errors_are_not_retried() {
     assert_eq!(r.text(), "vendor says no");
     assert_eq!(s.hits(), 1);
 }
+
+/// A vendor that closes idle keep-alive connections (as load balancers do) must not turn the
+/// next call into `outcome_unknown`: the closed connection is found before anything is sent
+/// on it, so a non-idempotent POST goes out exactly once, on a fresh connection, and succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_vendor_closed_while_idle_is_not_reused() {
+    let scenario = "idle_close: 100ms\nrules:\n  - match: { path_prefix: /v1/calls }\n    steps: [ { status: 201, json: { id: call_1 } } ]\n";
+    let (s, _sb, addr) = pair("tryvox", scenario, "").await;
+    let body = br#"{"to":"+15550100"}"#;
+    for round in 0..3 {
+        let r = send(addr, &post("/v1/calls", &[], body)).await;
+        assert_eq!(r.status, 201, "round {round}: {}", r.text());
+        // Longer than the vendor's idle close: the pooled connection is dead by now.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        s.requests().len(),
+        3,
+        "each POST reached the vendor exactly once"
+    );
+    assert_eq!(s.connections(), 3, "each on a new connection");
+}

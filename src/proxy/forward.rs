@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
+use super::pool::Upstreams;
 use super::{Ctx, VendorRuntime};
 use crate::envelope::{Code, Envelope};
 use crate::headers;
@@ -52,9 +52,9 @@ struct Body {
     present: bool,
 }
 
-/// Drives requests to the vendor over Pingora's pooled connector.
+/// Drives requests to the vendor over pooled upstream connections.
 pub struct Forwarder {
-    connector: Connector,
+    upstreams: Upstreams,
     lifecycle: Arc<Lifecycle>,
     metrics: Metrics,
 }
@@ -89,9 +89,9 @@ pub const DEADLINE_HEADER: &str = "x-switchboard-deadline";
 impl Forwarder {
     /// A forwarder with its own connection pool; `lifecycle` tells waiting retries to stop
     /// at shutdown.
-    pub fn new(connector: Connector, lifecycle: Arc<Lifecycle>, metrics: Metrics) -> Self {
+    pub fn new(upstreams: Upstreams, lifecycle: Arc<Lifecycle>, metrics: Metrics) -> Self {
         Forwarder {
-            connector,
+            upstreams,
             lifecycle,
             metrics,
         }
@@ -116,7 +116,7 @@ impl Forwarder {
                     &ctx.request_id,
                 );
                 session.set_keepalive(None);
-                return write_envelope(session, ctx, env).await;
+                return Box::pin(write_envelope(session, ctx, env)).await;
             }
             Err(e) => return Outcome::Aborted(e),
         };
@@ -141,21 +141,13 @@ impl Forwarder {
         loop {
             let req = upstream_request(session.req_header(), vendor, &body);
             ctx.upstream_elapsed = None;
+            // Answered attempts are counted (status, latency) inside, as soon as the
+            // vendor's header arrives: before the app can see the answer.
             let result = self.attempt(session, ctx, vendor, req, &body).await;
-            if let Some(up) = ctx.upstream_elapsed {
-                self.metrics
-                    .upstream_duration
-                    .with_label_values(&[&vendor.cfg.name, endpoint])
-                    .observe(up.as_secs_f64());
-            }
             ctx.upstream_observed = true;
             let (outcome, last) = match result {
-                Ok(Reply::Done(outcome)) => {
-                    label(&self.metrics.upstream_attempts, &status_label(ctx));
-                    return outcome;
-                }
+                Ok(Reply::Done(outcome)) => return outcome,
                 Ok(Reply::Error(n, status)) => {
-                    label(&self.metrics.upstream_attempts, &status.to_string());
                     let outcome = retry::Outcome::from_normalized(&n, status);
                     let mut env = n.envelope;
                     env.error.attempts = ctx.attempts;
@@ -192,7 +184,7 @@ impl Forwarder {
             let stop = match decision {
                 retry::Decision::Stop(g) => Some(g.as_str()),
                 retry::Decision::Retry { after, reason } => {
-                    match self.hold_for_retry(session, ctx, vendor, after).await {
+                    match Box::pin(self.hold_for_retry(session, ctx, vendor, after)).await {
                         Hold::Go => {
                             label(&self.metrics.retries, reason);
                             None
@@ -206,7 +198,7 @@ impl Forwarder {
             if why != retry::GiveUp::Final.as_str() {
                 label(&self.metrics.retry_giveups, why);
             }
-            return self.answer_last(session, ctx, vendor, last).await;
+            return Box::pin(self.answer_last(session, ctx, vendor, last)).await;
         }
     }
 
@@ -290,7 +282,7 @@ impl Forwarder {
         session: &mut Session,
         ctx: &mut Ctx,
         vendor: &VendorRuntime,
-        req: RequestHeader,
+        req: Box<RequestHeader>,
         body: &Body,
     ) -> Result<Reply> {
         let cfg = &vendor.cfg;
@@ -301,32 +293,49 @@ impl Forwarder {
                 return Error::e_explain(ErrorType::ConnectError, "upstream host unresolvable");
             }
         };
-        let peer = vendor.peer(addr);
+        // Boxed: 672 bytes that would otherwise sit in the request's state across every await.
+        let peer = Box::new(vendor.peer(addr));
         ctx.pending = None;
         ctx.attempts += 1;
         ctx.sent = false;
-        let (mut up, _reused) = self.connector.get_http_session(&peer).await?;
+        let (mut up, _reused) = self.upstreams.get(&peer).await?;
         // The connector leaves these unset; Pingora's own proxy loop copies them the same way.
         up.set_read_timeout(peer.options.read_timeout);
         up.set_write_timeout(peer.options.write_timeout);
         ctx.sent = true;
         ctx.upstream_started = Some(Instant::now());
-        up.write_request_header(Box::new(req)).await?;
+        up.write_request_header(req).await?;
         let has_more = body.streaming;
         if !body.buffered.is_empty() {
             up.write_request_body(body.buffered.clone(), !has_more)
                 .await?;
         }
         if has_more {
-            stream_request_body(session, &mut up, cfg.max_request_body, ctx).await?;
+            Box::pin(stream_request_body(
+                session,
+                &mut up,
+                cfg.max_request_body,
+                ctx,
+            ))
+            .await?;
         }
         up.finish_request_body().await?;
         let resp = read_final_header(&mut up).await?;
         let status = resp.status.as_u16();
         ctx.upstream_status = Some(status);
+        let endpoint = vendor.router.name(ctx.endpoint);
         if let Some(t) = ctx.upstream_started {
-            ctx.upstream_elapsed = Some(t.elapsed());
+            let took = t.elapsed();
+            ctx.upstream_elapsed = Some(took);
+            self.metrics
+                .upstream_duration
+                .with_label_values(&[&cfg.name, endpoint])
+                .observe(took.as_secs_f64());
         }
+        self.metrics
+            .upstream_attempts
+            .with_label_values(&[&cfg.name, endpoint, &status.to_string()])
+            .inc();
 
         let profile = &cfg.dialect;
         // Normalised 429s pause below, by canonical code (a 429 is not always a rate limit).
@@ -343,14 +352,12 @@ impl Forwarder {
         if cfg.passthrough_errors || !(status >= 400 || success_candidate) {
             let outcome = stream_response(session, ctx, &mut up, resp).await;
             if matches!(outcome, Outcome::Answered) {
-                self.connector
-                    .release_http_session(up, &peer, Some(cfg.timeouts.idle))
-                    .await;
+                self.upstreams.release(up, &peer, cfg.timeouts.idle);
             }
             return Ok(Reply::Done(outcome));
         }
 
-        let (bytes, truncated) = read_capped(&mut up).await;
+        let (bytes, truncated) = Box::pin(read_capped(&mut up)).await;
         let vr = VendorResponse {
             status,
             headers: &resp.headers,
@@ -384,23 +391,23 @@ impl Forwarder {
             }
             // A success after all: what was read, then whatever is left, untouched.
             None => Reply::Done(
-                write_inspected(session, ctx, &mut up, resp, Bytes::from(bytes), truncated).await,
+                Box::pin(write_inspected(
+                    session,
+                    ctx,
+                    &mut up,
+                    resp,
+                    Bytes::from(bytes),
+                    truncated,
+                ))
+                .await,
             ),
         };
         let written = matches!(reply, Reply::Done(Outcome::Answered));
         if !truncated || written && up.response_done() {
-            self.connector
-                .release_http_session(up, &peer, Some(cfg.timeouts.idle))
-                .await;
+            self.upstreams.release(up, &peer, cfg.timeouts.idle);
         }
         Ok(reply)
     }
-}
-
-/// The `status` label of an attempt whose response was written.
-fn status_label(ctx: &Ctx) -> String {
-    ctx.upstream_status
-        .map_or_else(|| "lost".to_string(), |s| s.to_string())
 }
 
 impl VendorRuntime {
@@ -477,8 +484,12 @@ async fn stream_request_body(
 
 /// The header sent upstream: the app's, with `Host` set to the vendor and hop-by-hop
 /// headers dropped. A fully buffered body is sent with an exact `Content-Length`.
-fn upstream_request(app: &RequestHeader, vendor: &VendorRuntime, body: &Body) -> RequestHeader {
-    let mut req = app.clone();
+fn upstream_request(
+    app: &RequestHeader,
+    vendor: &VendorRuntime,
+    body: &Body,
+) -> Box<RequestHeader> {
+    let mut req = Box::new(app.clone());
     let _ = req.insert_header(http::header::HOST, &vendor.cfg.upstream.authority);
     headers::strip_request_hop_by_hop(&mut req);
     // The body is already here (or streams on); the vendor must not wait for a go-ahead.

@@ -7,6 +7,7 @@
 
 mod ctx;
 pub mod forward;
+pub mod pool;
 
 pub use ctx::Ctx;
 pub use forward::{Forwarder, Outcome};

@@ -218,7 +218,17 @@ struct Head {
 async fn serve_conn<S: Conn>(mut stream: S, st: Arc<State>) -> std::io::Result<()> {
     let mut buf = BytesMut::with_capacity(8192);
     loop {
-        let Some((head, body)) = read_request(&mut stream, &mut buf).await? else {
+        let idle_close = st.scenario.idle_close().filter(|_| buf.is_empty());
+        let next = read_request(&mut stream, &mut buf);
+        let read = match idle_close {
+            Some(idle) => match tokio::time::timeout(idle, next).await {
+                Ok(r) => r,
+                // Idle too long: close (dropping the stream sends FIN).
+                Err(_) => return Ok(()),
+            },
+            _ => next.await,
+        };
+        let Some((head, body)) = read? else {
             return Ok(());
         };
         let rec = Recorded {

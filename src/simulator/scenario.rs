@@ -144,9 +144,19 @@ pub struct Scenario {
     pub limits: Vec<Limit>,
     /// Answer when no rule matches (default: 200 echoing a small JSON summary).
     pub default: Option<Step>,
+    /// Close a keep-alive connection that stays idle this long (as vendors' load balancers
+    /// do, often sooner than the client's own idle timeout); absent = never.
+    pub idle_close: Option<String>,
 }
 
 impl Scenario {
+    /// The parsed idle close (invalid values were rejected at load).
+    pub fn idle_close(&self) -> Option<Duration> {
+        self.idle_close
+            .as_deref()
+            .and_then(|d| parse_duration(d).ok())
+    }
+
     /// Parses YAML text.
     pub fn from_yaml(text: &str) -> Result<Self, String> {
         let v: Value = ::config::Config::builder()
@@ -164,6 +174,9 @@ impl Scenario {
             if let Some(d) = &step.delay {
                 parse_duration(d).map_err(|e| format!("scenario: delay: {e}"))?;
             }
+        }
+        if let Some(d) = &s.idle_close {
+            parse_duration(d).map_err(|e| format!("scenario: idle_close: {e}"))?;
         }
         for l in &s.limits {
             parse_duration(&l.per).map_err(|e| format!("scenario: limits: per: {e}"))?;
