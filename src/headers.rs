@@ -4,9 +4,17 @@
 use http::header::HeaderName;
 use pingora::http::{RequestHeader, ResponseHeader};
 
+/// `X-Request-Id`, read from requests and set on every answer.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Hop-by-hop headers that are never forwarded. `Transfer-Encoding` framing is owned by
 /// Pingora, and `Connection`/`Upgrade` are kept on upgrade requests so WebSockets still work.
-const HOP_BY_HOP: [&str; 4] = ["keep-alive", "proxy-connection", "te", "trailer"];
+const HOP_BY_HOP: [HeaderName; 4] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+];
 
 fn connection_listed(headers: &http::HeaderMap) -> Vec<HeaderName> {
     headers
@@ -20,33 +28,37 @@ fn connection_listed(headers: &http::HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-fn is_upgrade(headers: &http::HeaderMap) -> bool {
-    headers.contains_key(http::header::UPGRADE)
+/// The hop-by-hop headers present in `headers`. Most messages carry none (or only
+/// `Connection`), so this looks first and lets the caller remove only what is there:
+/// Pingora's removal also rewrites its case-preserving name map, per name asked.
+fn hop_by_hop(headers: &http::HeaderMap) -> Vec<HeaderName> {
+    let mut found = Vec::new();
+    if headers.contains_key(http::header::CONNECTION) {
+        found = connection_listed(headers);
+        if !headers.contains_key(http::header::UPGRADE) {
+            found.push(http::header::CONNECTION);
+        }
+    }
+    found.extend(
+        HOP_BY_HOP
+            .iter()
+            .filter(|n| headers.contains_key(*n))
+            .cloned(),
+    );
+    found
 }
 
 /// Removes hop-by-hop headers from a request about to go upstream.
 pub fn strip_request_hop_by_hop(req: &mut RequestHeader) {
-    for name in connection_listed(&req.headers) {
+    for name in hop_by_hop(&req.headers) {
         req.remove_header(&name);
-    }
-    for name in HOP_BY_HOP {
-        req.remove_header(name);
-    }
-    if !is_upgrade(&req.headers) {
-        req.remove_header(&http::header::CONNECTION);
     }
 }
 
 /// Removes hop-by-hop headers from a response about to go to the app.
 pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
-    for name in connection_listed(&resp.headers) {
+    for name in hop_by_hop(&resp.headers) {
         resp.remove_header(&name);
-    }
-    for name in HOP_BY_HOP {
-        resp.remove_header(name);
-    }
-    if !is_upgrade(&resp.headers) {
-        resp.remove_header(&http::header::CONNECTION);
     }
 }
 

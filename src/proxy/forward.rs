@@ -84,7 +84,8 @@ enum Last {
 }
 
 /// Header a caller uses to shorten its own deadline, in milliseconds. Never forwarded.
-pub const DEADLINE_HEADER: &str = "x-switchboard-deadline";
+pub const DEADLINE_HEADER: http::HeaderName =
+    http::HeaderName::from_static("x-switchboard-deadline");
 
 impl Forwarder {
     /// A forwarder with its own connection pool; `lifecycle` tells waiting retries to stop
@@ -126,7 +127,7 @@ impl Forwarder {
         let idempotent_method = session.req_header().method.is_idempotent();
         // The caller may shorten (never lengthen) the deadline.
         let deadline = h
-            .get(DEADLINE_HEADER)
+            .get(&DEADLINE_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map_or(policy.deadline, |ms| {
@@ -490,13 +491,19 @@ fn upstream_request(
     body: &Body,
 ) -> Box<RequestHeader> {
     let mut req = Box::new(app.clone());
-    let _ = req.insert_header(http::header::HOST, &vendor.cfg.upstream.authority);
+    let _ = req.insert_header(http::header::HOST, vendor.host.clone());
     headers::strip_request_hop_by_hop(&mut req);
     // The body is already here (or streams on); the vendor must not wait for a go-ahead.
-    req.remove_header(&http::header::EXPECT);
-    req.remove_header(DEADLINE_HEADER);
+    // (Removal is checked first: Pingora's also rewrites its header-case map.)
+    for name in [&http::header::EXPECT, &DEADLINE_HEADER] {
+        if req.headers.contains_key(name) {
+            req.remove_header(name);
+        }
+    }
     if !body.streaming && body.present {
-        req.remove_header(&http::header::TRANSFER_ENCODING);
+        if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
+            req.remove_header(&http::header::TRANSFER_ENCODING);
+        }
         let _ = req.insert_header(
             http::header::CONTENT_LENGTH,
             body.buffered.len().to_string(),
@@ -542,7 +549,7 @@ async fn read_capped(up: &mut UpstreamSession) -> (Vec<u8>, bool) {
 
 fn downstream_header(mut resp: ResponseHeader, ctx: &Ctx) -> ResponseHeader {
     headers::strip_response_hop_by_hop(&mut resp);
-    let _ = resp.insert_header("x-request-id", &ctx.request_id);
+    let _ = resp.insert_header(headers::X_REQUEST_ID, &ctx.request_id);
     resp
 }
 

@@ -46,6 +46,8 @@ pub struct VendorRuntime {
     pub retry_budget: crate::retry::Budget,
     /// Places for requests waiting to be retried.
     pub retry_queue: tokio::sync::Semaphore,
+    /// The `Host` sent upstream (the vendor's authority), built once.
+    pub host: http::HeaderValue,
 }
 
 impl VendorRuntime {
@@ -73,7 +75,11 @@ impl VendorRuntime {
         let p = &cfg.retry;
         let retry_budget = crate::retry::Budget::new(p.budget_ratio, p.budget_min_per_second);
         let retry_queue = tokio::sync::Semaphore::new(p.queue);
+        // Always valid: the authority is a parsed URI's host and port.
+        let host = http::HeaderValue::from_str(&cfg.upstream.authority)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
         VendorRuntime {
+            host,
             cfg,
             router,
             resolver,
@@ -163,7 +169,11 @@ impl ProxyHttp for Switchboard {
             return Error::e_explain(ErrorType::InternalError, "request on an unknown listener");
         };
         let req = session.req_header();
-        ctx.request_id = headers::request_id(req.headers.get("x-request-id").map(|v| v.as_bytes()));
+        ctx.request_id = headers::request_id(
+            req.headers
+                .get(&headers::X_REQUEST_ID)
+                .map(|v| v.as_bytes()),
+        );
         ctx.method = req.method.as_str().to_string();
         ctx.endpoint = vendor.router.route(req.method.as_str(), req.uri.path());
         ctx.idempotent = req.method.is_idempotent();
@@ -270,7 +280,7 @@ impl ProxyHttp for Switchboard {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(v) = &ctx.vendor {
-            upstream_request.insert_header(http::header::HOST, &v.cfg.upstream.authority)?;
+            upstream_request.insert_header(http::header::HOST, v.host.clone())?;
         }
         headers::strip_request_hop_by_hop(upstream_request);
         ctx.sent = true;
@@ -296,7 +306,7 @@ impl ProxyHttp for Switchboard {
         ctx: &mut Ctx,
     ) -> Result<()> {
         headers::strip_response_hop_by_hop(upstream_response);
-        upstream_response.insert_header("x-request-id", &ctx.request_id)?;
+        upstream_response.insert_header(headers::X_REQUEST_ID, &ctx.request_id)?;
         ctx.answered(upstream_response.status.as_u16(), None);
         Ok(())
     }
