@@ -3,6 +3,8 @@
 #
 #   benches/load/run.sh                 # 3 alternating rounds of 10 s, 1 worker thread each
 #   ROUNDS=5 DURATION=20s THREADS=2 benches/load/run.sh
+#   PIN=1 benches/load/run.sh           # wrk + origin on CPU 0, the proxy under test on
+#                                       # CPUs 1..THREADS (needs more CPUs than THREADS)
 #
 # One origin (nginx, 127.0.0.1:18090) serves a small JSON, and TryVox's documented 422 body
 # on /v1/verify/check. In alternating rounds, wrk measures:
@@ -20,90 +22,23 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 THREADS=${THREADS:-1}
 CONNS=${CONNS:-32}
+PIN=${PIN:-0}
 
-need() { command -v "$1" >/dev/null 2>&1; }
-if ! need wrk || ! need nginx; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx >/dev/null
-  else
-    echo "needs wrk and nginx: sudo apt-get install -y wrk nginx" >&2; exit 1
-  fi
-fi
+. benches/load/setup.sh
+need_tools wrk nginx
 cargo build --release --quiet
-BIN=$PWD/target/release/switchboard
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+write_configs "$THREADS"
 
-ERROR_BODY='{"error":{"code":"VERIFICATION_FAILED","message":"Invalid verification code"}}'
-cat > "$work/origin.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/origin.pid;
-error_log $work/origin.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:18090 reuseport;
-    location / { default_type application/json; return 200 '{"ok":true,"id":"call_0123456789"}'; }
-    location /v1/verify/check { default_type application/json; return 422 '$ERROR_BODY'; }
-  }
-}
-EOF
-cat > "$work/proxy.conf" <<EOF
-worker_processes $THREADS;
-daemon off;
-pid $work/proxy.pid;
-error_log $work/proxy.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream origin { server 127.0.0.1:18090; keepalive 128; }
-  server {
-    listen 127.0.0.1:18091 reuseport;
-    location / {
-      proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-EOF
-cat > "$work/sb.yaml" <<EOF
-admin: { listen: 127.0.0.1:19901 }
-log: { level: warn }
-server: { threads: $THREADS }
-profiles_dir: $PWD/config/profiles
-vendors:
-  - name: tryvox
-    listen: 127.0.0.1:18081
-    upstream: http://127.0.0.1:18090
-    profile: tryvox
-    limits: [ { rate: 1000000000, per: 1s } ]
-    retry: { max_attempts: 3 }
-EOF
-# p50/p99/p99.9 in µs and req/s on one line.
-cat > "$work/report.lua" <<'EOF'
-done = function(summary, latency, requests)
-  io.write(string.format("RESULT %.0f %d %d %d %d\n",
-    summary.requests / (summary.duration / 1e6),
-    latency:percentile(50), latency:percentile(99), latency:percentile(99.9),
-    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
-end
-EOF
-# Fixed rate: each of 10 connections waits 10 ms between requests (about 1,000 req/s).
-cat "$work/report.lua" > "$work/paced.lua"
-echo 'delay = function() return 10 end' >> "$work/paced.lua"
-# Every request with its own key (2 wrk threads x 50k keys), reporting like the others.
-cat "$work/report.lua" benches/load/keys.lua > "$work/keys.lua"
-
-nginx -c "$work/origin.conf" & pids+=($!)
-nginx -c "$work/proxy.conf" & pids+=($!)
-"$BIN" --config "$work/sb.yaml" 2>"$work/sb.log" & SB=$!; pids+=($SB)
+# With PIN=1 the proxy under test has CPUs of its own: what is measured is its cost, not
+# how the scheduler shares two vCPUs between it, the origin and wrk.
+LOAD=(); PROXY=()
+if [ "$PIN" = 1 ]; then
+  if [ "$(nproc)" -le "$THREADS" ]; then echo "PIN=1 needs more than $THREADS CPUs" >&2; exit 1; fi
+  LOAD=(taskset -c 0); PROXY=(taskset -c "1-$THREADS")
+fi
+"${LOAD[@]}" nginx -c "$work/origin.conf" & pids+=($!)
+"${PROXY[@]}" nginx -c "$work/proxy.conf" & pids+=($!)
+"${PROXY[@]}" "$BIN" --config "$work/sb.yaml" 2>"$work/sb.log" & SB=$!; pids+=($SB)
 for _ in $(seq 100); do curl -sf http://127.0.0.1:19901/readyz >/dev/null && break; sleep 0.1; done
 sleep 0.5
 
@@ -116,32 +51,50 @@ rss_kib() { # total RSS of a process and its children
 }
 proxy_pid() { cat "$work/proxy.pid"; }
 url() { case $1 in direct) echo http://127.0.0.1:18090;; nginx) echo http://127.0.0.1:18091;; switchboard) echo http://127.0.0.1:18081;; esac; }
-run() { # target script conns duration path -> "reqps p50 p99 p999 errors"
-  wrk -t1 -c"$3" -d"$4" -s "$work/$2" "$(url "$1")$5" 2>/dev/null | awk '/^RESULT/ {print $2, $3, $4, $5, $6}'
+cpu_ticks() { # user+system CPU ticks of a process and its children
+  local total=0
+  for p in "$1" $(pgrep -P "$1" || true); do
+    total=$(( total + $(awk '{print $14 + $15}' /proc/"$p"/stat 2>/dev/null || echo 0) ))
+  done
+  echo "$total"
+}
+proxy_of() { case $1 in switchboard) echo "$SB";; nginx) proxy_pid;; *) echo "";; esac; }
+run() { # target script conns duration path -> "reqps p50 p99 p999 errors cpu_us_per_request"
+  local pid before out
+  pid=$(proxy_of "$1"); before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+  out=$("${LOAD[@]}" wrk -t1 -c"$3" -d"$4" -s "$work/$2" "$(url "$1")$5" 2>/dev/null | awk '/^RESULT/ {print $2, $3, $4, $5, $6, $7}')
+  read -r rps p50 p99 p999 errs n <<<"$out"
+  local cpu=-
+  if [ -n "$pid" ] && [ "${n:-0}" -gt 0 ]; then
+    cpu=$(awk -v t=$(( $(cpu_ticks "$pid") - before )) -v hz="$(getconf CLK_TCK)" -v n="$n" 'BEGIN {printf "%.1f", t * 1e6 / hz / n}')
+  fi
+  echo "$rps $p50 $p99 $p999 $errs $cpu"
 }
 echo "idle RSS: switchboard $(( $(rss_kib $SB) / 1024 )) MiB, nginx proxy $(( $(rss_kib "$(proxy_pid)") / 1024 )) MiB"
 
 declare -A R
 echo
-echo "## Throughput ($ROUNDS alternating rounds, $DURATION each, $CONNS connections, $THREADS worker thread(s))"
+echo "## Throughput ($ROUNDS alternating rounds, $DURATION each, $CONNS connections, $THREADS worker thread(s), PIN=$PIN)"
 echo
-echo "| round | target | req/s | p50 µs | p99 µs | p99.9 µs | errors |"
-echo "|---|---|---|---|---|---|---|"
+echo "CPU µs/req: the proxy's own user+system CPU time per request (\`/proc/PID/stat\`)."
+echo
+echo "| round | target | req/s | p50 µs | p99 µs | p99.9 µs | errors | CPU µs/req |"
+echo "|---|---|---|---|---|---|---|---|"
 for r in $(seq "$ROUNDS"); do
   for t in direct nginx switchboard; do
     out=$(run $t report.lua "$CONNS" "$DURATION" /v1/calls)
     R[$t]+="$out;"
-    read -r rps p50 p99 p999 errs <<<"$out"
-    echo "| $r | $t | $rps | $p50 | $p99 | $p999 | $errs |"
+    read -r rps p50 p99 p999 errs cpu <<<"$out"
+    echo "| $r | $t | $rps | $p50 | $p99 | $p999 | $errs | $cpu |"
   done
 done
 median() { tr ';' '\n' | awk -v f="$1" 'NF {print $f}' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
-echo "| target | median req/s | median p99 µs | RSS after (MiB) |"
-echo "|---|---|---|---|"
+echo "| target | median req/s | median p99 µs | median CPU µs/req | RSS after (MiB) |"
+echo "|---|---|---|---|---|"
 for t in direct nginx switchboard; do
   case $t in switchboard) rss=$(( $(rss_kib $SB) / 1024 ));; nginx) rss=$(( $(rss_kib "$(proxy_pid)") / 1024 ));; *) rss=-;; esac
-  echo "| $t | $(echo "${R[$t]}" | median 1) | $(echo "${R[$t]}" | median 3) | $rss |"
+  echo "| $t | $(echo "${R[$t]}" | median 1) | $(echo "${R[$t]}" | median 3) | $(echo "${R[$t]}" | median 6) | $rss |"
 done
 sw=$(echo "${R[switchboard]}" | median 1); ng=$(echo "${R[nginx]}" | median 1); di=$(echo "${R[direct]}" | median 1)
 echo
@@ -162,17 +115,17 @@ done
 echo
 echo "## Error-heavy: every response is TryVox's 422 (Switchboard normalises each one)"
 echo
-echo "| target | req/s | p50 µs | p99 µs | p99.9 µs |"
-echo "|---|---|---|---|---|"
+echo "| target | req/s | p50 µs | p99 µs | p99.9 µs | CPU µs/req |"
+echo "|---|---|---|---|---|---|"
 for t in nginx switchboard; do
-  read -r rps p50 p99 p999 errs <<<"$(run $t report.lua "$CONNS" "$DURATION" /v1/verify/check)"
-  echo "| $t | $rps | $p50 | $p99 | $p999 |"
+  read -r rps p50 p99 p999 errs cpu <<<"$(run $t report.lua "$CONNS" "$DURATION" /v1/verify/check)"
+  echo "| $t | $rps | $p50 | $p99 | $p999 | $cpu |"
 done
 
 echo
 echo "## 100k distinct API keys (Switchboard)"
 echo
-read -r rps p50 p99 p999 errs <<<"$(wrk -t2 -c"$CONNS" -d"$DURATION" -s "$work/keys.lua" "$(url switchboard)" 2>/dev/null | awk '/^RESULT/ {print $2, $3, $4, $5, $6}')"
+read -r rps p50 p99 p999 errs n <<<"$("${LOAD[@]}" wrk -t2 -c"$CONNS" -d"$DURATION" -s "$work/keys.lua" "$(url switchboard)" 2>/dev/null | awk '/^RESULT/ {print $2, $3, $4, $5, $6}')"
 keys=$(curl -s http://127.0.0.1:19901/metrics | awk '/^switchboard_ratelimit_keys/ {print $2}')
 echo "| req/s | p50 µs | p99 µs | live keys | RSS (MiB) |"
 echo "|---|---|---|---|---|"

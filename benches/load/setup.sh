@@ -1,0 +1,91 @@
+# Shared by the load scripts (sourced, not run): tools, a work directory cleaned up on exit,
+# and the configs every run compares. Ports: origin 18090, nginx proxy 18091, Switchboard
+# 18081 (admin 19901).
+need() { command -v "$1" >/dev/null 2>&1; }
+# need_tools CMD... : installs the Debian packages of the same names when any is missing.
+need_tools() {
+  local missing=()
+  for t in "$@"; do need "$t" || missing+=("$t"); done
+  [ ${#missing[@]} = 0 ] && return 0
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "needs ${missing[*]}: sudo apt-get install -y ${missing[*]}" >&2; exit 1
+  fi
+}
+BIN=$PWD/target/release/switchboard
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+# write_configs THREADS: origin, reference nginx proxy, Switchboard, and the wrk scripts.
+write_configs() {
+local THREADS=$1
+
+ERROR_BODY='{"error":{"code":"VERIFICATION_FAILED","message":"Invalid verification code"}}'
+cat > "$work/origin.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/origin.pid;
+error_log $work/origin.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:18090 reuseport;
+    location / { default_type application/json; return 200 '{"ok":true,"id":"call_0123456789"}'; }
+    location /v1/verify/check { default_type application/json; return 422 '$ERROR_BODY'; }
+  }
+}
+EOF
+cat > "$work/proxy.conf" <<EOF
+worker_processes $THREADS;
+daemon off;
+pid $work/proxy.pid;
+error_log $work/proxy.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream origin { server 127.0.0.1:18090; keepalive 128; }
+  server {
+    listen 127.0.0.1:18091 reuseport;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+cat > "$work/sb.yaml" <<EOF
+admin: { listen: 127.0.0.1:19901 }
+log: { level: warn }
+server: { threads: $THREADS }
+profiles_dir: $PWD/config/profiles
+vendors:
+  - name: tryvox
+    listen: 127.0.0.1:18081
+    upstream: http://127.0.0.1:18090
+    profile: tryvox
+    limits: [ { rate: 1000000000, per: 1s } ]
+    retry: { max_attempts: 3 }
+EOF
+# p50/p99/p99.9 in µs and req/s on one line.
+cat > "$work/report.lua" <<'EOF'
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %.0f %d %d %d %d %d\n",
+    summary.requests / (summary.duration / 1e6),
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9),
+    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.requests))
+end
+EOF
+# Fixed rate: each of 10 connections waits 10 ms between requests (about 1,000 req/s).
+cat "$work/report.lua" > "$work/paced.lua"
+echo 'delay = function() return 10 end' >> "$work/paced.lua"
+# Every request with its own key (2 wrk threads x 50k keys), reporting like the others.
+cat "$work/report.lua" benches/load/keys.lua > "$work/keys.lua"
+}
