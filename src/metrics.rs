@@ -39,6 +39,14 @@ pub const GIVEUP_REASONS: [&str; 9] = [
     "shutdown",
 ];
 
+/// One endpoint's latency histograms.
+pub struct Latency {
+    /// `switchboard_request_duration_seconds` of the endpoint.
+    pub request: prometheus::Histogram,
+    /// `switchboard_upstream_duration_seconds` of the endpoint.
+    pub upstream: prometheus::Histogram,
+}
+
 /// All metric families.
 #[derive(Clone)]
 pub struct Metrics {
@@ -183,6 +191,21 @@ impl Metrics {
     /// Moves `switchboard_queue_depth{vendor}` by `delta` (requests waiting for a retry).
     pub fn queue_depth_retry(&self, vendor: &str, delta: i64) {
         self.queue_depth.with_label_values(&[vendor]).add(delta);
+    }
+
+    /// The latency histograms of one vendor, one pair per endpoint in `endpoints` order:
+    /// resolved once, so a request does not hash its label values to find them.
+    pub fn latency<'a>(
+        &self,
+        vendor: &str,
+        endpoints: impl Iterator<Item = &'a str>,
+    ) -> Vec<Latency> {
+        endpoints
+            .map(|e| Latency {
+                request: self.request_duration.with_label_values(&[vendor, e]),
+                upstream: self.upstream_duration.with_label_values(&[vendor, e]),
+            })
+            .collect()
     }
 
     /// The rate-limit metric handles of one vendor.

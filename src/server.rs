@@ -98,7 +98,7 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
         .map(|v| {
             Arc::new(VendorRuntime::new(
                 v.clone(),
-                Some(&metrics),
+                &metrics,
                 Some(lifecycle.clone()),
             ))
         })

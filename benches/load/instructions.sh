@@ -10,6 +10,9 @@
 # recv and two send calls per request) and weighs every instruction alike (a `rep movsb`
 # copy counts once per byte), so it ranks changes rather than predicting req/s.
 #
+# Three proxies: nginx (the reference), bare_pingora (examples/bare_pingora.rs: Pingora's
+# own proxy loop and nothing else, the floor Switchboard builds on) and Switchboard (limits,
+# retries, normalisation, metrics on, as in run.sh).
 # Each proxy runs under callgrind in front of the same nginx origin (configs from
 # setup.sh); wrk warms it up (pools, caches), the counters are zeroed, wrk runs again, and
 # the counters are dumped: instructions / requests of the second run.
@@ -20,7 +23,7 @@ MEASURE=${MEASURE:-4s}
 
 . benches/load/setup.sh
 need_tools wrk nginx valgrind
-cargo build --release --quiet
+cargo build --release --quiet --bin switchboard --example bare_pingora
 write_configs 1
 # Set, so Switchboard runs without re-executing itself (callgrind would lose it at exec).
 export MIMALLOC_ARENA_EAGER_COMMIT=0
@@ -43,7 +46,8 @@ measure() {
   n=$(wrk -t1 -c8 -d"$MEASURE" "$url$path" | awk '/requests in/ {print $1}')
   callgrind_control -d "$vg" >/dev/null 2>&1
   sleep 1
-  kill "$vg" 2>/dev/null; wait "$vg" 2>/dev/null || true
+  # The dump is written; no need for a graceful exit (Pingora's default grace is 300 s).
+  kill -KILL "$vg" 2>/dev/null; wait "$vg" 2>/dev/null || true
   local ir
   ir=$(grep -h '^summary:' "$out".*.1 | awk '{print $2}')
   echo "$name $n $ir $(( ir / n ))"
@@ -53,9 +57,11 @@ echo "| target | path | requests | instructions | per request |"
 echo "|---|---|---|---|---|"
 for path in /v1/calls /v1/verify/check; do
   nginx_row=$(measure nginx http://127.0.0.1:18091 "$path" nginx -c "$work/proxy.conf")
+  bare_row=$(measure bare_pingora http://127.0.0.1:18092 "$path" \
+    target/release/examples/bare_pingora 127.0.0.1:18092 127.0.0.1:18090)
   sb_row=$(measure switchboard http://127.0.0.1:18081 "$path" \
     "$BIN" --config "$work/sb.yaml")
-  for row in "$nginx_row" "$sb_row"; do
+  for row in "$nginx_row" "$bare_row" "$sb_row"; do
     read -r name n ir per <<<"$row"
     echo "| $name | $path | $n | $ir | $per |"
   done

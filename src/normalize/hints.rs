@@ -70,18 +70,19 @@ pub fn hint(headers: &HeaderMap, profile: &Profile, now: SystemTime) -> Option<u
     })
 }
 
-/// Remaining-quota headers (`X-RateLimit-Remaining` and kin).
-const REMAINING_HEADERS: [&str; 3] = [
-    "x-ratelimit-remaining",
-    "ratelimit-remaining",
-    "x-rate-limit-remaining",
+/// Remaining-quota headers (`X-RateLimit-Remaining` and kin). Built names: this is looked
+/// up on every response, and a `&str` name is parsed again on each lookup.
+const REMAINING_HEADERS: [http::HeaderName; 3] = [
+    http::HeaderName::from_static("x-ratelimit-remaining"),
+    http::HeaderName::from_static("ratelimit-remaining"),
+    http::HeaderName::from_static("x-rate-limit-remaining"),
 ];
 
 /// The vendor says this key has no requests left in its window (`remaining: 0`).
 pub fn exhausted(headers: &HeaderMap) -> bool {
     REMAINING_HEADERS.iter().any(|h| {
         headers
-            .get(*h)
+            .get(h)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<f64>().ok())
             .is_some_and(|n| n <= 0.0)

@@ -328,9 +328,9 @@ impl Forwarder {
         if let Some(t) = ctx.upstream_started {
             let took = t.elapsed();
             ctx.upstream_elapsed = Some(took);
-            self.metrics
-                .upstream_duration
-                .with_label_values(&[&cfg.name, endpoint])
+            vendor
+                .latency(ctx.endpoint)
+                .upstream
                 .observe(took.as_secs_f64());
         }
         self.metrics

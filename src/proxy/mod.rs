@@ -28,7 +28,7 @@ use crate::envelope::{Code, Envelope};
 use crate::headers;
 use crate::lifecycle::Lifecycle;
 use crate::limits::{KeySource, Limiter, Verdict};
-use crate::metrics::{method_label, Metrics};
+use crate::metrics::{method_label, Latency, Metrics};
 use crate::normalize::transport::{classify, AttemptState};
 use crate::routing::{Resolver, Router};
 
@@ -48,12 +48,20 @@ pub struct VendorRuntime {
     pub retry_queue: tokio::sync::Semaphore,
     /// The `Host` sent upstream (the vendor's authority), built once.
     pub host: http::HeaderValue,
+    /// Latency histograms by endpoint id.
+    latency: Vec<Latency>,
 }
 
 impl VendorRuntime {
+    /// The latency histograms of an endpoint (`other` for an unknown id).
+    pub fn latency(&self, endpoint: crate::routing::EndpointId) -> &Latency {
+        let last = self.latency.len() - 1; // never empty: `other` is always there
+        &self.latency[endpoint.min(last)]
+    }
+
     /// Builds the runtime pieces for one vendor; `metrics` receives its rate-limit series;
     /// `lifecycle` tells queued requests that shutdown started.
-    pub fn new(cfg: Vendor, metrics: Option<&Metrics>, lifecycle: Option<Arc<Lifecycle>>) -> Self {
+    pub fn new(cfg: Vendor, metrics: &Metrics, lifecycle: Option<Arc<Lifecycle>>) -> Self {
         let router = Router::new(cfg.endpoints.clone());
         let resolver = Arc::new(Resolver::new(&cfg.upstream, cfg.dns_refresh));
         let header = http::header::HeaderName::from_bytes(cfg.key.header.as_bytes())
@@ -66,7 +74,7 @@ impl VendorRuntime {
             &names,
             KeySource::new(header, cfg.key.scheme.clone()),
             cfg.max_keys,
-            metrics.map(|m| m.limits(&cfg.name)),
+            Some(metrics.limits(&cfg.name)),
         );
         if let Some(l) = lifecycle {
             limiter = limiter.stop_waiting_on_shutdown(l);
@@ -78,7 +86,9 @@ impl VendorRuntime {
         // Always valid: the authority is a parsed URI's host and port.
         let host = http::HeaderValue::from_str(&cfg.upstream.authority)
             .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
+        let latency = metrics.latency(&cfg.name, router.names());
         VendorRuntime {
+            latency,
             host,
             cfg,
             router,
@@ -406,17 +416,12 @@ impl ProxyHttp for Switchboard {
                 .with_label_values(&[&v.cfg.name, endpoint, code.as_str(), source.as_str()])
                 .inc();
         }
+        let latency = v.latency(ctx.endpoint);
         if let (Some(up), false) = (ctx.upstream_elapsed, ctx.upstream_observed) {
-            self.metrics
-                .upstream_duration
-                .with_label_values(&[&v.cfg.name, endpoint])
-                .observe(up.as_secs_f64());
+            latency.upstream.observe(up.as_secs_f64());
         }
         let elapsed = ctx.started.elapsed();
-        self.metrics
-            .request_duration
-            .with_label_values(&[&v.cfg.name, endpoint])
-            .observe(elapsed.as_secs_f64());
+        latency.request.observe(elapsed.as_secs_f64());
         tracing::info!(
             target: "switchboard::access",
             request_id = %ctx.request_id,
