@@ -174,6 +174,11 @@ impl ProxyHttp for Switchboard {
         Ctx::new(self.lifecycle.track())
     }
 
+    /// No downstream modules: Pingora's default adds a (disabled) response-compression
+    /// module, which still runs on every response header and body chunk. Switchboard
+    /// never compresses; the app gets the vendor's bytes and encoding as sent.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let Some(vendor) = self.vendor_for(session) else {
             return Error::e_explain(ErrorType::InternalError, "request on an unknown listener");
