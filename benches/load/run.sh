@@ -3,6 +3,7 @@
 #
 #   benches/load/run.sh                 # 3 alternating rounds of 10 s, 1 worker thread each
 #   ROUNDS=5 DURATION=20s THREADS=2 benches/load/run.sh
+#   PARTS=latency DURATION=60s benches/load/run.sh   # only the 1,000 req/s round
 #   PIN=1 benches/load/run.sh           # wrk + origin on CPU 0, the proxy under test on
 #                                       # CPUs 1..THREADS (needs more CPUs than THREADS)
 #
@@ -23,6 +24,7 @@ DURATION=${DURATION:-10s}
 THREADS=${THREADS:-1}
 CONNS=${CONNS:-32}
 PIN=${PIN:-0}
+PARTS=${PARTS:-throughput latency errors keys}
 
 . benches/load/setup.sh
 need_tools wrk nginx
@@ -72,6 +74,8 @@ run() { # target script conns duration path -> "reqps p50 p99 p999 errors cpu_us
 }
 echo "idle RSS: switchboard $(( $(rss_kib $SB) / 1024 )) MiB, nginx proxy $(( $(rss_kib "$(proxy_pid)") / 1024 )) MiB"
 
+part() { [[ " $PARTS " == *" $1 "* ]]; }
+if part throughput; then
 declare -A R
 echo
 echo "## Throughput ($ROUNDS alternating rounds, $DURATION each, $CONNS connections, $THREADS worker thread(s), PIN=$PIN)"
@@ -100,6 +104,8 @@ sw=$(echo "${R[switchboard]}" | median 1); ng=$(echo "${R[nginx]}" | median 1); 
 echo
 echo "switchboard/nginx = $(awk -v a="$sw" -v b="$ng" 'BEGIN {printf "%.2f", a/b}'), switchboard/direct = $(awk -v a="$sw" -v b="$di" 'BEGIN {printf "%.2f", a/b}')"
 
+fi
+if part latency; then
 echo
 echo "## Fixed rate, about 1,000 req/s (10 connections, 10 ms apart), $DURATION"
 echo
@@ -112,6 +118,8 @@ for t in direct nginx switchboard; do
   echo "| $t | $rps | $p50 | $p99 | $p999 | $(( p99 - base )) |"
 done
 
+fi
+if part errors; then
 echo
 echo "## Error-heavy: every response is TryVox's 422 (Switchboard normalises each one)"
 echo
@@ -122,6 +130,8 @@ for t in nginx switchboard; do
   echo "| $t | $rps | $p50 | $p99 | $p999 | $cpu |"
 done
 
+fi
+if part keys; then
 echo
 echo "## 100k distinct API keys (Switchboard)"
 echo
@@ -130,3 +140,4 @@ keys=$(curl -s http://127.0.0.1:19901/metrics | awk '/^switchboard_ratelimit_key
 echo "| req/s | p50 µs | p99 µs | live keys | RSS (MiB) |"
 echo "|---|---|---|---|---|"
 echo "| $rps | $p50 | $p99 | $keys | $(( $(rss_kib $SB) / 1024 )) |"
+fi
