@@ -16,12 +16,26 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, for the binary to listen on.
+///
+/// Taken below the kernel's ephemeral range (32768+ on Linux), never handed out twice by
+/// this process: a port the kernel chose for `bind(0)` and released could be chosen again
+/// for a simulator another test starts meanwhile, which then answered in the proxy's place
+/// (seen once in CI). Test binaries run one at a time, so per-process uniqueness suffices.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const LOW: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() % u32::from(SPAN)) as u16;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = LOW + (start.wrapping_add(n)) % SPAN;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN)
 }
 
 /// Starts the simulator for `vendor` with a scenario given as YAML.
