@@ -393,7 +393,7 @@ async fn admin_endpoints() {
     assert_eq!(get(sb.admin, "/nope").await.status, 404);
     let m = get(sb.admin, "/metrics").await;
     assert_eq!(m.status, 200);
-    let text = m.text();
+    let text = metrics_settled(sb.admin, 1).await;
     assert!(
         text.contains(r#"switchboard_requests_total{endpoint="other",method="GET",status="200",vendor="tryvox"} 1"#),
         "{text}"

@@ -82,7 +82,7 @@ async fn metrics_after_scripted_traffic_and_the_dashboard_and_rules_use_real_nam
     assert_eq!(r.status, 201);
     assert_eq!(s.hits(), 5);
 
-    let m = get(sb.admin, "/metrics").await.text();
+    let m = metrics_settled(sb.admin, 5).await;
     let req = |ep: &str, method: &str, status: &str| {
         v(
             &m,
@@ -188,13 +188,21 @@ async fn metrics_after_scripted_traffic_and_the_dashboard_and_rules_use_real_nam
     }
 
     // One JSON access-log line per request, with what operators filter on; never the key.
-    let logs = sb.stderr();
+    // (Written by the logging hook after each response: wait for the last one.)
+    let access_lines = |logs: &str| -> Vec<Value> {
+        logs.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|j| j["target"] == "switchboard::access")
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut logs = sb.stderr();
+    while access_lines(&logs).len() < 5 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        logs = sb.stderr();
+    }
     assert!(!logs.contains("OBSERVE_ME"), "a key leaked into the logs");
-    let access: Vec<Value> = logs
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|j| j["target"] == "switchboard::access")
-        .collect();
+    let access = access_lines(&logs);
     assert_eq!(access.len(), 5, "{logs}");
     let retried = access
         .iter()

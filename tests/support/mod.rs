@@ -449,6 +449,26 @@ pub async fn proxied(
 
 /// The value of the first `/metrics` line starting with `line_start` (labels in Prometheus'
 /// sorted order), if any.
+/// `/metrics` once every one of `requests` answered requests is counted in
+/// `switchboard_requests_total`. Pingora runs the logging hook (which counts a request by its
+/// final status) after the response is written, so a test that reads metrics right after
+/// its last response can get there first.
+pub async fn metrics_settled(admin: SocketAddr, requests: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = get(admin, "/metrics").await.text();
+        let counted: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("switchboard_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if counted >= requests as f64 || Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn metric(text: &str, line_start: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(line_start))
