@@ -48,6 +48,14 @@ fn hop_by_hop(headers: &http::HeaderMap) -> Vec<HeaderName> {
     found
 }
 
+/// Removes `name` from a request when it is there. Checked first: Pingora's removal also
+/// rewrites its case-preserving name map, which is work wasted on an absent header.
+pub fn remove(req: &mut RequestHeader, name: &HeaderName) {
+    if req.headers.contains_key(name) {
+        req.remove_header(name);
+    }
+}
+
 /// Removes hop-by-hop headers from a request about to go upstream.
 pub fn strip_request_hop_by_hop(req: &mut RequestHeader) {
     for name in hop_by_hop(&req.headers) {

@@ -180,6 +180,32 @@ pub enum Decision {
     },
 }
 
+/// Collects the checks that denied and the longest wait among them.
+#[derive(Debug, Default)]
+pub(crate) struct Denials {
+    longest: Option<(Duration, usize)>,
+    denied: u64,
+}
+
+impl Denials {
+    /// Check `i` denies for `wait`.
+    pub(crate) fn deny(&mut self, i: usize, wait: Duration) {
+        self.denied |= 1u64.checked_shl(i as u32).unwrap_or(0);
+        if self.longest.is_none_or(|(d, _)| wait > d) {
+            self.longest = Some((wait, i));
+        }
+    }
+
+    /// The denial, when any check denied.
+    pub(crate) fn decision(&self) -> Option<Decision> {
+        self.longest.map(|(wait, worst)| Decision::Deny {
+            wait,
+            worst,
+            denied: self.denied,
+        })
+    }
+}
+
 /// One pending state change: check `i` moves its TAT from `old` to `new`.
 #[derive(Debug, Clone, Copy)]
 struct Pending {
@@ -191,8 +217,7 @@ struct Pending {
 pub fn decide<C: Clock>(checks: &[(&Bucket<C>, &KeyState)]) -> Decision {
     loop {
         let mut pending: SmallVec<[Pending; 8]> = SmallVec::new();
-        let mut deny: Option<(Duration, usize)> = None;
-        let mut denied = 0u64;
+        let mut denials = Denials::default();
         for (i, (bucket, key)) in checks.iter().enumerate() {
             let Some(tat) = key.tat(bucket.slot) else {
                 continue;
@@ -207,26 +232,13 @@ pub fn decide<C: Clock>(checks: &[(&Bucket<C>, &KeyState)]) -> Decision {
             });
             let checked = bucket.limiter.check();
             let tx = TX.with(|t| t.replace(Tx::default()));
-            let wait = match checked {
-                Ok(()) => {
-                    pending.push(Pending { old, new: tx.new });
-                    None
-                }
-                Err(not_until) => Some(not_until.wait_time_from(bucket.clock.now())),
-            };
-            if let Some(w) = wait {
-                denied |= 1u64.checked_shl(i as u32).unwrap_or(0);
-                if deny.is_none_or(|(d, _)| w > d) {
-                    deny = Some((w, i));
-                }
+            match checked {
+                Ok(()) => pending.push(Pending { old, new: tx.new }),
+                Err(not_until) => denials.deny(i, not_until.wait_time_from(bucket.clock.now())),
             }
         }
-        if let Some((wait, worst)) = deny {
-            return Decision::Deny {
-                wait,
-                worst,
-                denied,
-            };
+        if let Some(deny) = denials.decision() {
+            return deny;
         }
         if commit(&pending, checks) {
             return Decision::Allow;

@@ -12,7 +12,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use smallvec::SmallVec;
 
 use super::keys::KeySource;
-use super::{decide, Bucket, Decision, KeyState, Shape};
+use super::{decide, Bucket, Decision, Denials, KeyState, Shape};
 
 /// `governor` clock on tokio's time, so queue waits and bucket time agree (and tests can
 /// pause both). Instants are durations since one process-wide origin.
@@ -446,8 +446,7 @@ impl Limiter {
     /// The decision, pauses first: a paused bucket denies without looking at tokens.
     fn decide_plan(&self, plan: &Plan, id: u64, key: &KeyState, now: u64) -> Decision {
         if self.pause_entries.load(Ordering::Acquire) > 0 {
-            let mut held: Option<(Duration, usize)> = None;
-            let mut denied = 0u64;
+            let mut held = Denials::default();
             for (n, &i) in plan.enforce.iter().enumerate() {
                 let target = match self.buckets[i].spec.scope {
                     Scope::Key => id,
@@ -455,19 +454,11 @@ impl Limiter {
                 };
                 let until = self.pauses.get(&(target, i)).map_or(0, |u| *u);
                 if until > now {
-                    let w = Duration::from_nanos(until - now);
-                    denied |= 1u64 << n;
-                    if held.is_none_or(|(d, _)| w > d) {
-                        held = Some((w, n));
-                    }
+                    held.deny(n, Duration::from_nanos(until - now));
                 }
             }
-            if let Some((wait, worst)) = held {
-                return Decision::Deny {
-                    wait,
-                    worst,
-                    denied,
-                };
+            if let Some(deny) = held.decision() {
+                return deny;
             }
         }
         let checks: SmallVec<[(&Bucket<TokioClock>, &KeyState); 8]> = plan

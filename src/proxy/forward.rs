@@ -299,7 +299,7 @@ impl Forwarder {
         ctx.pending = None;
         ctx.attempts += 1;
         ctx.sent = false;
-        let (mut up, _reused) = self.upstreams.get(&peer).await?;
+        let mut up = self.upstreams.get(&peer).await?;
         // The connector leaves these unset; Pingora's own proxy loop copies them the same way.
         up.set_read_timeout(peer.options.read_timeout);
         up.set_write_timeout(peer.options.write_timeout);
@@ -353,7 +353,7 @@ impl Forwarder {
         if cfg.passthrough_errors || !(status >= 400 || success_candidate) {
             let outcome = stream_response(session, ctx, &mut up, resp).await;
             if matches!(outcome, Outcome::Answered) {
-                self.upstreams.release(up, &peer, cfg.timeouts.idle);
+                Upstreams::release(up, &peer, cfg.timeouts.idle);
             }
             return Ok(Reply::Done(outcome));
         }
@@ -405,7 +405,7 @@ impl Forwarder {
         };
         let written = matches!(reply, Reply::Done(Outcome::Answered));
         if !truncated || written && up.response_done() {
-            self.upstreams.release(up, &peer, cfg.timeouts.idle);
+            Upstreams::release(up, &peer, cfg.timeouts.idle);
         }
         Ok(reply)
     }
@@ -494,16 +494,10 @@ fn upstream_request(
     let _ = req.insert_header(http::header::HOST, vendor.host.clone());
     headers::strip_request_hop_by_hop(&mut req);
     // The body is already here (or streams on); the vendor must not wait for a go-ahead.
-    // (Removal is checked first: Pingora's also rewrites its header-case map.)
-    for name in [&http::header::EXPECT, &DEADLINE_HEADER] {
-        if req.headers.contains_key(name) {
-            req.remove_header(name);
-        }
-    }
+    headers::remove(&mut req, &http::header::EXPECT);
+    headers::remove(&mut req, &DEADLINE_HEADER);
     if !body.streaming && body.present {
-        if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
-            req.remove_header(&http::header::TRANSFER_ENCODING);
-        }
+        headers::remove(&mut req, &http::header::TRANSFER_ENCODING);
         let _ = req.insert_header(
             http::header::CONTENT_LENGTH,
             body.buffered.len().to_string(),

@@ -19,11 +19,11 @@
 //! - the cache holds at most [`PER_THREAD`] connections per thread; when full, the oldest is
 //!   closed.
 //!
-//! HTTP/2 and anything else go through Pingora's connector unchanged.
+//! Pingora's connector still dials (TCP, TLS). Peers are HTTP/1-only (no ALPN `h2` is
+//! offered), so every session is HTTP/1; anything else would be closed after use.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -53,63 +53,51 @@ thread_local! {
     static SWEEPING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Upstream HTTP sessions: reused from this thread's idle cache when possible, else from
-/// Pingora's connector (which dials, and pools what this cache does not hold).
+/// Upstream HTTP sessions: reused from this thread's idle cache when possible, else dialled
+/// by Pingora's connector.
 pub struct Upstreams {
-    connector: Arc<Connector>,
+    connector: Connector,
 }
 
 impl Upstreams {
     /// Wraps Pingora's connector.
     pub fn new(connector: Connector) -> Self {
-        Upstreams {
-            connector: Arc::new(connector),
-        }
+        Upstreams { connector }
     }
 
-    /// A session to `peer`; `true` when it reuses an idle connection.
-    pub async fn get(&self, peer: &HttpPeer) -> Result<(HttpSession, bool)> {
+    /// A session to `peer`.
+    pub async fn get(&self, peer: &HttpPeer) -> Result<HttpSession> {
         if let Some(stream) = take(peer.reuse_hash(), Instant::now()) {
-            return Ok((
-                HttpSession::H1(Http1Session::new_with_options(stream, peer)),
-                true,
-            ));
+            return Ok(HttpSession::H1(Http1Session::new_with_options(
+                stream, peer,
+            )));
         }
         // Boxed: dialling (TCP, TLS handshake) is a future of several KiB that would
         // otherwise sit inline in every request's state, and be copied with it, even when
         // the connection is reused.
-        Box::pin(self.connector.get_http_session(peer)).await
+        let (session, _reused) = Box::pin(self.connector.get_http_session(peer)).await?;
+        Ok(session)
     }
 
     /// Returns a session whose exchange completed; it is kept for reuse when the protocol
     /// allows it (keep-alive, body fully read), closed otherwise.
     ///
     /// Synchronous on purpose: Pingora's `reuse()` only awaits when it shuts a connection
-    /// down, and its future (~1 KiB, plus ~3 KiB for the HTTP/2 path) would otherwise sit in
-    /// every request's state and be copied with it.
-    pub fn release(&self, session: HttpSession, peer: &HttpPeer, idle: Duration) {
-        match session {
-            HttpSession::H1(mut h1) => {
-                h1.respect_keepalive();
-                let reuse = std::pin::pin!(h1.reuse());
-                // Pending means a shutdown of a connection that cannot be reused: dropping
-                // it closes the socket, which is all that shutdown was for.
-                if let Poll::Ready(Some(stream)) =
-                    reuse.poll(&mut Context::from_waker(Waker::noop()))
-                {
-                    put(peer.reuse_hash(), stream, Instant::now() + idle);
-                    start_sweeper();
-                }
-            }
-            other => {
-                let connector = self.connector.clone();
-                let peer = peer.clone();
-                tokio::spawn(async move {
-                    connector
-                        .release_http_session(other, &peer, Some(idle))
-                        .await
-                });
-            }
+    /// down, and its future (~1 KiB) would otherwise sit in every request's state and be
+    /// copied with it.
+    pub fn release(session: HttpSession, peer: &HttpPeer, idle: Duration) {
+        // Only HTTP/1 is ever negotiated (see the module docs); anything else is dropped,
+        // which closes it.
+        let HttpSession::H1(mut h1) = session else {
+            return;
+        };
+        h1.respect_keepalive();
+        let reuse = std::pin::pin!(h1.reuse());
+        // Pending means a shutdown of a connection that cannot be reused: dropping it
+        // closes the socket, which is all that shutdown was for.
+        if let Poll::Ready(Some(stream)) = reuse.poll(&mut Context::from_waker(Waker::noop())) {
+            put(peer.reuse_hash(), stream, Instant::now() + idle);
+            start_sweeper();
         }
     }
 }
@@ -231,6 +219,28 @@ mod tests {
         put(1, b, now + Duration::from_millis(10));
         assert_eq!(sweep(now + Duration::from_secs(1)), 1);
         assert_eq!(sweep(now + Duration::from_secs(61)), 0);
+    }
+
+    /// The background sweep, not just `sweep()`: it runs on the thread's runtime, closes an
+    /// expired and a vendor-closed connection with no traffic at all, and ends when the
+    /// cache is empty (so the next release starts it again).
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn the_sweeper_closes_idle_connections_without_traffic_and_then_stops() {
+        let (expired, _peer) = pair().await;
+        let (closed, closed_peer) = pair().await;
+        put(3, expired, Instant::now());
+        put(4, closed, Instant::now() + Duration::from_secs(3600));
+        drop(closed_peer);
+        start_sweeper();
+        assert!(SWEEPING.with(Cell::get));
+        // Paused time jumps over the sweeper's sleep; real time lets the FIN arrive.
+        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(SWEEP_EVERY * 2).await;
+        assert_eq!(IDLE.with(|c| c.borrow().len()), 0);
+        assert!(
+            !SWEEPING.with(Cell::get),
+            "the sweeper ended with the cache empty"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
