@@ -8,34 +8,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-if ! command -v wrk >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk >/dev/null
-  else echo "wrk missing: sudo apt-get install wrk" >&2; exit 1; fi
-fi
+. benches/load/setup.sh
+need_tools wrk
 cargo build --release --quiet
-BIN=target/release/switchboard
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 cat > "$work/scenario.yaml" <<'YAML'
 default: { status: 200, json: { ok: true } }
 YAML
-cat > "$work/sb.yaml" <<YAML
-admin: { listen: 127.0.0.1:19901 }
-log: { level: warn }
-server: { threads: 2 }
-profiles_dir: $PWD/config/profiles
-vendors:
-  - name: tryvox
-    listen: 127.0.0.1:18081
-    upstream: http://127.0.0.1:18090
-    profile: tryvox
-    limits: [ { rate: 1000000000, per: 1h } ]
-YAML
+sb_yaml 2 1h
 
-"$BIN" simulate --vendor tryvox --listen 127.0.0.1:18090 --scenario "$work/scenario.yaml" >/dev/null &
-"$BIN" --config "$work/sb.yaml" 2>"$work/sb.log" &
-SB=$!
+"$BIN" simulate --vendor tryvox --listen 127.0.0.1:18090 --scenario "$work/scenario.yaml" >/dev/null & pids+=($!)
+"$BIN" --config "$work/sb.yaml" 2>"$work/sb.log" & SB=$!; pids+=($SB)
 for _ in $(seq 100); do curl -sf http://127.0.0.1:19901/readyz >/dev/null && break; sleep 0.1; done
 rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' /proc/$SB/status; }
 keys() { curl -s http://127.0.0.1:19901/metrics | awk '/^switchboard_ratelimit_keys/ {print $2}'; }

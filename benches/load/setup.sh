@@ -19,36 +19,54 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
+# nginx_conf NAME WORKERS: an nginx config in $work/NAME.conf, the server blocks on stdin.
+nginx_conf() {
+  { cat <<EOF
+worker_processes $2;
+daemon off;
+pid $work/$1.pid;
+error_log $work/$1.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+EOF
+    cat
+    echo "}"
+  } > "$work/$1.conf"
+}
+
+# sb_yaml THREADS WINDOW: Switchboard in front of 127.0.0.1:18090 as TryVox, a limit on every
+# request high enough never to reject (WINDOW: how long a key stays live), retries on.
+sb_yaml() {
+cat > "$work/sb.yaml" <<EOF
+admin: { listen: 127.0.0.1:19901 }
+log: { level: warn }
+server: { threads: $1 }
+profiles_dir: $PWD/config/profiles
+vendors:
+  - name: tryvox
+    listen: 127.0.0.1:18081
+    upstream: http://127.0.0.1:18090
+    profile: tryvox
+    limits: [ { rate: 1000000000, per: $2 } ]
+    retry: { max_attempts: 3 }
+EOF
+}
+
 # write_configs THREADS: origin, reference nginx proxy, Switchboard, and the wrk scripts.
 write_configs() {
 local THREADS=$1
 
 ERROR_BODY='{"error":{"code":"VERIFICATION_FAILED","message":"Invalid verification code"}}'
-cat > "$work/origin.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/origin.pid;
-error_log $work/origin.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
+nginx_conf origin 1 <<EOF
   server {
     listen 127.0.0.1:18090 reuseport;
     location / { default_type application/json; return 200 '{"ok":true,"id":"call_0123456789"}'; }
     location /v1/verify/check { default_type application/json; return 422 '$ERROR_BODY'; }
   }
-}
 EOF
-cat > "$work/proxy.conf" <<EOF
-worker_processes $THREADS;
-daemon off;
-pid $work/proxy.pid;
-error_log $work/proxy.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
+nginx_conf proxy "$THREADS" <<EOF
   upstream origin { server 127.0.0.1:18090; keepalive 128; }
   server {
     listen 127.0.0.1:18091 reuseport;
@@ -58,21 +76,8 @@ http {
       proxy_set_header Connection "";
     }
   }
-}
 EOF
-cat > "$work/sb.yaml" <<EOF
-admin: { listen: 127.0.0.1:19901 }
-log: { level: warn }
-server: { threads: $THREADS }
-profiles_dir: $PWD/config/profiles
-vendors:
-  - name: tryvox
-    listen: 127.0.0.1:18081
-    upstream: http://127.0.0.1:18090
-    profile: tryvox
-    limits: [ { rate: 1000000000, per: 1s } ]
-    retry: { max_attempts: 3 }
-EOF
+sb_yaml "$THREADS" 1s
 # p50/p99/p99.9 in µs and req/s on one line.
 cat > "$work/report.lua" <<'EOF'
 done = function(summary, latency, requests)
