@@ -15,8 +15,6 @@ pub struct Ctx {
     pub vendor: Option<Arc<VendorRuntime>>,
     /// Switchboard's request id.
     pub request_id: String,
-    /// Request method, upper case.
-    pub method: String,
     /// Matched endpoint.
     pub endpoint: EndpointId,
     /// Method is idempotent (repeatable without side effects).
@@ -56,7 +54,6 @@ impl Ctx {
         Ctx {
             vendor: None,
             request_id: String::new(),
-            method: String::new(),
             endpoint: 0,
             idempotent: false,
             limit_key: 0,

@@ -347,9 +347,8 @@ impl Forwarder {
                 .limits
                 .vendor_said(ctx.limit_key, ctx.endpoint, raw_429, hint);
         }
-        let path = session.req_header().uri.path().to_string();
-        let success_candidate =
-            (200..300).contains(&status) && profile.success_candidate(status, &path);
+        let success_candidate = (200..300).contains(&status)
+            && profile.success_candidate(status, session.req_header().uri.path());
         if cfg.passthrough_errors || !(status >= 400 || success_candidate) {
             let outcome = stream_response(session, ctx, &mut up, resp).await;
             if matches!(outcome, Outcome::Answered) {
@@ -364,7 +363,7 @@ impl Forwarder {
             headers: &resp.headers,
             body: &bytes,
             truncated,
-            path: &path,
+            path: session.req_header().uri.path(),
         };
         let now = SystemTime::now();
         let normalized = if success_candidate {

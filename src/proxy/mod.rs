@@ -189,7 +189,6 @@ impl ProxyHttp for Switchboard {
                 .get(&headers::X_REQUEST_ID)
                 .map(|v| v.as_bytes()),
         );
-        ctx.method = req.method.as_str().to_string();
         ctx.endpoint = vendor.router.route(req.method.as_str(), req.uri.path());
         ctx.idempotent = req.method.is_idempotent();
         ctx.limit_key = vendor.limits.source.key_of(&req.headers);
@@ -396,6 +395,7 @@ impl ProxyHttp for Switchboard {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let Some(v) = &ctx.vendor else { return };
+        let method = session.req_header().method.as_str();
         let endpoint = v.router.name(ctx.endpoint);
         let status = ctx
             .status
@@ -408,12 +408,7 @@ impl ProxyHttp for Switchboard {
         };
         self.metrics
             .requests
-            .with_label_values(&[
-                &v.cfg.name,
-                endpoint,
-                method_label(&ctx.method),
-                &status_label,
-            ])
+            .with_label_values(&[&v.cfg.name, endpoint, method_label(method), &status_label])
             .inc();
         if let Some((code, source)) = ctx.error {
             self.metrics
@@ -432,7 +427,7 @@ impl ProxyHttp for Switchboard {
             request_id = %ctx.request_id,
             vendor = %v.cfg.name,
             endpoint,
-            method = %ctx.method,
+            method,
             status,
             upstream_status = ctx.upstream_status,
             code = ctx.error.map(|(c, _)| c.as_str()),
