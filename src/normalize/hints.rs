@@ -8,7 +8,11 @@ use http::HeaderMap;
 use super::profile::{Profile, ResetKind};
 
 /// Reset headers the generic detector reads (as `auto`).
-const RESET_HEADERS: [&str; 3] = ["x-ratelimit-reset", "ratelimit-reset", "x-rate-limit-reset"];
+const RESET_HEADERS: [http::HeaderName; 3] = [
+    http::HeaderName::from_static("x-ratelimit-reset"),
+    http::HeaderName::from_static("ratelimit-reset"),
+    http::HeaderName::from_static("x-rate-limit-reset"),
+];
 
 /// Whole seconds from `now` until `at`, rounded up, never negative.
 fn until(at: SystemTime, now: SystemTime) -> u64 {
@@ -65,13 +69,13 @@ pub fn hint(headers: &HeaderMap, profile: &Profile, now: SystemTime) -> Option<u
         }
     }
     RESET_HEADERS.iter().find_map(|h| {
-        let v = headers.get(*h)?.to_str().ok()?;
+        let v = headers.get(h)?.to_str().ok()?;
         reset_value(v, ResetKind::Auto, now)
     })
 }
 
-/// Remaining-quota headers (`X-RateLimit-Remaining` and kin). Built names: this is looked
-/// up on every response, and a `&str` name is parsed again on each lookup.
+/// Remaining-quota headers (`X-RateLimit-Remaining` and kin), looked up on every response
+/// (built names: a `&str` name is parsed again on each lookup).
 const REMAINING_HEADERS: [http::HeaderName; 3] = [
     http::HeaderName::from_static("x-ratelimit-remaining"),
     http::HeaderName::from_static("ratelimit-remaining"),
