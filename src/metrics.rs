@@ -10,33 +10,11 @@ use prometheus::{
 };
 
 use crate::envelope::{Code, Source};
+use crate::retry::{GiveUp, RetryReason};
 
 /// Buckets suited to vendor API latency: 5 ms to 30 s.
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
-];
-
-/// `reason` labels of `switchboard_retries_total` (pre-created at 0).
-pub const RETRY_REASONS: [&str; 6] = [
-    "connect_error",
-    "rate_limited",
-    "unavailable",
-    "server_error",
-    "lost",
-    "retryable_code",
-];
-
-/// `reason` labels of `switchboard_retry_giveups_total` (pre-created at 0).
-pub const GIVEUP_REASONS: [&str; 9] = [
-    "budget",
-    "max_attempts",
-    "hint_too_long",
-    "deadline",
-    "unsafe",
-    "not_replayable",
-    "overloaded",
-    "ratelimit",
-    "shutdown",
 ];
 
 /// One endpoint's latency histograms.
@@ -160,11 +138,11 @@ impl Metrics {
             queue_depth.with_label_values(&[vendor]);
             ratelimit_keys.with_label_values(&[vendor]);
             for ep in endpoints {
-                for reason in RETRY_REASONS {
-                    retries.with_label_values(&[vendor, ep, reason]);
+                for reason in RetryReason::ALL {
+                    retries.with_label_values(&[vendor, ep, reason.as_str()]);
                 }
-                for reason in GIVEUP_REASONS {
-                    retry_giveups.with_label_values(&[vendor, ep, reason]);
+                for reason in GiveUp::COUNTED {
+                    retry_giveups.with_label_values(&[vendor, ep, reason.as_str()]);
                 }
                 for code in Code::ALL {
                     for source in [Source::Upstream, Source::Proxy] {

@@ -18,11 +18,11 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
 use crate::config::Config;
+use crate::http::pool::Upstreams;
 use crate::lifecycle::Lifecycle;
 use crate::limits::Sweeper;
 use crate::metrics::Metrics;
-use crate::proxy::pool::Upstreams;
-use crate::proxy::{Forwarder, Switchboard, VendorRuntime};
+use crate::proxy::{Exchange, Switchboard, VendorRuntime};
 use crate::routing::DnsRefresher;
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
@@ -110,7 +110,7 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         Switchboard::new(
-            Forwarder::new(
+            Exchange::new(
                 Upstreams::new(Connector::new(Some(ConnectorOptions::from_server_conf(
                     &server.configuration,
                 )))),
@@ -119,7 +119,6 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
             ),
             vendors,
             metrics.clone(),
-            lifecycle.clone(),
         ),
         "switchboard",
     );

@@ -1,7 +1,8 @@
-//! Per-request state carried between the proxy hooks.
+//! Per-request state carried between the proxy hooks, grouped by who writes it: the route
+//! (set once on arrival), the request's own facts, the current attempt, and the answer.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::envelope::{Code, Envelope, Source};
 use crate::lifecycle::InflightGuard;
@@ -9,42 +10,67 @@ use crate::routing::EndpointId;
 
 use super::VendorRuntime;
 
-/// Per-request state.
-pub struct Ctx {
-    /// The vendor this listener serves (set in `request_filter`).
+/// Where the request goes.
+#[derive(Default)]
+pub struct Route {
+    /// The vendor this listener serves.
     pub vendor: Option<Arc<VendorRuntime>>,
-    /// Switchboard's request id.
-    pub request_id: String,
     /// Matched endpoint.
     pub endpoint: EndpointId,
-    /// Method is idempotent (repeatable without side effects).
-    pub idempotent: bool,
     /// The rate-limit key (a keyed hash of the API key, never the key).
     pub limit_key: u64,
+}
+
+/// Facts about the request itself.
+pub struct Request {
+    /// Switchboard's request id.
+    pub id: String,
     /// When the request arrived.
     pub started: Instant,
-    /// Request body bytes received so far.
+    /// Safe to repeat: an idempotent method, or the idempotency header.
+    pub idempotent: bool,
+    /// Request body bytes received on Pingora's own proxy path (upgrades).
     pub body_bytes: u64,
-    /// Upstream attempts made.
-    pub attempts: u32,
+}
+
+/// The current (or last) attempt at the vendor.
+#[derive(Default)]
+pub struct Attempt {
+    /// Attempts made so far.
+    pub made: u32,
     /// The current attempt's request header was handed to the upstream.
     pub sent: bool,
     /// When the current attempt was sent.
-    pub upstream_started: Option<Instant>,
+    pub started: Option<Instant>,
     /// How long the last answered attempt took to its response header.
-    pub upstream_elapsed: Option<std::time::Duration>,
-    /// Upstream latency was already recorded per attempt (by the forwarding engine).
-    pub upstream_observed: bool,
+    pub elapsed: Option<Duration>,
+    /// Upstream latency was already recorded per attempt (by the exchange).
+    pub observed: bool,
     /// The vendor's status on the last attempt that answered.
-    pub upstream_status: Option<u16>,
-    /// A proxy error decided inside a hook, answered by `fail_to_proxy`.
-    pub pending: Option<(Code, String)>,
+    pub status: Option<u16>,
+}
+
+/// What the app was answered.
+#[derive(Default)]
+pub struct Answer {
     /// Status answered to the client.
     pub status: Option<u16>,
     /// Canonical code and source when the answer was an error envelope.
     pub error: Option<(Code, Source)>,
     /// The client went away before an answer could be written.
     pub client_gone: bool,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    /// Where the request goes.
+    pub route: Route,
+    /// The request's own facts.
+    pub request: Request,
+    /// The current attempt.
+    pub attempt: Attempt,
+    /// The answer.
+    pub answer: Answer,
     _inflight: InflightGuard,
 }
 
@@ -52,30 +78,22 @@ impl Ctx {
     /// A fresh context, counted as in flight until dropped.
     pub fn new(inflight: InflightGuard) -> Self {
         Ctx {
-            vendor: None,
-            request_id: String::new(),
-            endpoint: 0,
-            idempotent: false,
-            limit_key: 0,
-            started: Instant::now(),
-            body_bytes: 0,
-            attempts: 0,
-            sent: false,
-            upstream_started: None,
-            upstream_elapsed: None,
-            upstream_status: None,
-            upstream_observed: false,
-            pending: None,
-            status: None,
-            error: None,
-            client_gone: false,
+            route: Route::default(),
+            request: Request {
+                id: String::new(),
+                started: Instant::now(),
+                idempotent: false,
+                body_bytes: 0,
+            },
+            attempt: Attempt::default(),
+            answer: Answer::default(),
             _inflight: inflight,
         }
     }
 
     /// Records what the client was answered.
     pub fn answered(&mut self, status: u16, env: Option<&Envelope>) {
-        self.status = Some(status);
-        self.error = env.map(|e| (e.error.code, e.error.source));
+        self.answer.status = Some(status);
+        self.answer.error = env.map(|e| (e.error.code, e.error.source));
     }
 }

@@ -6,15 +6,16 @@
 //! request arrived on, never by anything the client sent.
 
 mod ctx;
-pub mod forward;
-pub mod pool;
+pub mod error;
+pub mod exchange;
+pub mod respond;
 
 pub use ctx::Ctx;
-pub use forward::{Forwarder, Outcome};
+pub use exchange::Exchange;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -24,13 +25,12 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 
 use crate::config::Vendor;
-use crate::envelope::{Code, Envelope};
-use crate::headers;
+use crate::http::{headers, upstream};
 use crate::lifecycle::Lifecycle;
-use crate::limits::{KeySource, Limiter, Verdict};
+use crate::limits::{KeySource, Limiter};
 use crate::metrics::{method_label, Latency, Metrics};
-use crate::normalize::transport::{classify, AttemptState};
 use crate::routing::{Resolver, Router};
+use error::Failure;
 
 /// Everything the proxy needs about one vendor, built once from config.
 pub struct VendorRuntime {
@@ -48,6 +48,8 @@ pub struct VendorRuntime {
     pub retry_queue: tokio::sync::Semaphore,
     /// The `Host` sent upstream (the vendor's authority), built once.
     pub host: http::HeaderValue,
+    /// The header that carries the API key (for limits and for redaction).
+    pub key_header: http::HeaderName,
     /// Latency histograms by endpoint id.
     latency: Vec<Latency>,
 }
@@ -64,8 +66,7 @@ impl VendorRuntime {
     pub fn new(cfg: Vendor, metrics: &Metrics, lifecycle: Option<Arc<Lifecycle>>) -> Self {
         let router = Router::new(cfg.endpoints.clone());
         let resolver = Arc::new(Resolver::new(&cfg.upstream, cfg.dns_refresh));
-        let header = http::header::HeaderName::from_bytes(cfg.key.header.as_bytes())
-            .unwrap_or(http::header::AUTHORIZATION);
+        let header = header_name(&cfg.key.header);
         let per_endpoint: Vec<_> = cfg.endpoints.iter().map(|e| e.limits.clone()).collect();
         let names: Vec<String> = router.names().map(str::to_string).collect();
         let mut limiter = Limiter::new(
@@ -80,6 +81,7 @@ impl VendorRuntime {
             limiter = limiter.stop_waiting_on_shutdown(l);
         }
         let limits = Arc::new(limiter);
+        let key_header = header_name(&cfg.key.header);
         let p = &cfg.retry;
         let retry_budget = crate::retry::Budget::new(p.budget_ratio, p.budget_min_per_second);
         let retry_queue = tokio::sync::Semaphore::new(p.queue);
@@ -90,6 +92,7 @@ impl VendorRuntime {
         VendorRuntime {
             latency,
             host,
+            key_header,
             cfg,
             router,
             resolver,
@@ -98,36 +101,50 @@ impl VendorRuntime {
             retry_queue,
         }
     }
+
+    /// The upstream peer for one resolved address, its timeouts cut to `left` (what is
+    /// left of the request's deadline).
+    pub fn peer(&self, addr: std::net::SocketAddr, left: Duration) -> HttpPeer {
+        let cfg = &self.cfg;
+        let mut peer = HttpPeer::new(addr, cfg.upstream.tls, cfg.upstream.host.clone());
+        let o = &mut peer.options;
+        let connect = cfg.timeouts.connect.min(left);
+        let response = cfg.timeouts.response.min(left);
+        o.connection_timeout = Some(connect);
+        o.total_connection_timeout = Some(connect);
+        o.read_timeout = Some(response);
+        o.write_timeout = Some(response);
+        o.idle_timeout = Some(cfg.timeouts.idle);
+        peer
+    }
+}
+
+/// The configured key header; validated at load, so the fallback is never taken.
+fn header_name(name: &str) -> http::HeaderName {
+    http::HeaderName::from_bytes(name.as_bytes()).unwrap_or(http::header::AUTHORIZATION)
 }
 
 /// The proxy service shared by all vendor listeners.
 pub struct Switchboard {
-    forwarder: Forwarder,
+    exchange: Exchange,
     vendors: Vec<Arc<VendorRuntime>>,
     by_port: HashMap<u16, usize>,
     metrics: Metrics,
-    lifecycle: Arc<Lifecycle>,
 }
 
 impl Switchboard {
     /// A proxy over these vendors.
-    pub fn new(
-        forwarder: Forwarder,
-        vendors: Vec<Arc<VendorRuntime>>,
-        metrics: Metrics,
-        lifecycle: Arc<Lifecycle>,
-    ) -> Self {
+    pub fn new(exchange: Exchange, vendors: Vec<Arc<VendorRuntime>>, metrics: Metrics) -> Self {
         let by_port = vendors
             .iter()
             .enumerate()
             .map(|(i, v)| (v.cfg.listen.port(), i))
             .collect();
         Switchboard {
-            forwarder,
+            exchange,
             vendors,
             by_port,
             metrics,
-            lifecycle,
         }
     }
 
@@ -138,40 +155,18 @@ impl Switchboard {
             .and_then(|&i| self.vendors.get(i))
             .cloned()
     }
-
-    /// Answers locally with an envelope. The unread request body is drained when it is small
-    /// enough to be worth keeping the connection for; otherwise the connection closes.
-    async fn answer(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        env: Envelope,
-        drain: bool,
-        extra: &[(&'static str, String)],
-    ) -> Result<()> {
-        if drain {
-            if session.drain_request_body().await.is_err() {
-                session.set_keepalive(None);
-            }
-        } else {
-            session.set_keepalive(None);
-        }
-        match forward::write_envelope_with(session, ctx, env, extra).await {
-            Outcome::Answered => Ok(()),
-            Outcome::Aborted(e) => Err(e),
-        }
-    }
 }
 
-/// Custom error types so `fail_to_proxy` can tell our own refusals from Pingora's.
-const PROXY_REFUSED: ErrorType = ErrorType::Custom("switchboard refused the request");
+/// Pingora's own proxy path (taken only by protocol upgrades) reports a body over the
+/// limit with this error type, so `fail_to_proxy` can answer it.
+const BODY_TOO_LARGE: ErrorType = ErrorType::Custom("request body too large");
 
 #[async_trait]
 impl ProxyHttp for Switchboard {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::new(self.lifecycle.track())
+        Ctx::new(self.exchange.lifecycle().track())
     }
 
     /// No downstream modules: Pingora's default adds a (disabled) response-compression
@@ -179,73 +174,49 @@ impl ProxyHttp for Switchboard {
     /// never compresses; the app gets the vendor's bytes and encoding as sent.
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
+    /// What Pingora's own error log lines print about the request: method and path, never
+    /// the query string (keys and phone numbers travel there) nor the Host header.
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        let req = session.req_header();
+        let vendor = ctx
+            .route
+            .vendor
+            .as_ref()
+            .map_or("", |v| v.cfg.name.as_str());
+        format!(
+            "{} {} vendor={vendor} request_id={}",
+            req.method,
+            req.uri.path(),
+            ctx.request.id
+        )
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let Some(vendor) = self.vendor_for(session) else {
             return Error::e_explain(ErrorType::InternalError, "request on an unknown listener");
         };
         let req = session.req_header();
-        ctx.request_id = headers::request_id(
+        ctx.request.id = headers::request_id(
             req.headers
                 .get(&headers::X_REQUEST_ID)
                 .map(|v| v.as_bytes()),
         );
-        ctx.endpoint = vendor.router.route(req.method.as_str(), req.uri.path());
-        ctx.idempotent = req.method.is_idempotent();
-        ctx.limit_key = vendor.limits.source.key_of(&req.headers);
-        ctx.vendor = Some(vendor.clone());
-        let name = vendor.cfg.name.as_str();
-
-        // Request smuggling guard: Pingora drops Content-Length when Transfer-Encoding is also
-        // present; such a request is malformed and never forwarded.
-        let has_te = req.headers.contains_key(http::header::TRANSFER_ENCODING);
-        let raw_cl = has_te
-            && session
-                .as_http1()
-                .is_some_and(|s| headers::raw_has_content_length(&s.get_headers_raw_bytes()));
-        if raw_cl {
-            let env = Envelope::proxy(
-                Code::ValidationFailed,
-                "request has both Content-Length and Transfer-Encoding",
-                name,
-                &ctx.request_id,
-            );
-            self.answer(session, ctx, env, false, &[]).await?;
-            return Ok(true);
+        ctx.request.idempotent = req.method.is_idempotent();
+        ctx.route.endpoint = vendor.router.route(req.method.as_str(), req.uri.path());
+        ctx.route.limit_key = vendor.limits.source.key_of(&req.headers);
+        ctx.route.vendor = Some(vendor.clone());
+        if let Some(written) = self.exchange.admit(session, ctx, &vendor).await {
+            return written.map(|()| true);
         }
-        let declared = session
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| n > vendor.cfg.max_request_body) {
-            let env = Envelope::proxy(
-                Code::PayloadTooLarge,
-                format!(
-                    "request body exceeds the limit of {} bytes",
-                    vendor.cfg.max_request_body
-                ),
-                name,
-                &ctx.request_id,
-            );
-            self.answer(session, ctx, env, false, &[]).await?;
-            return Ok(true);
-        }
-        if vendor.limits.applies(ctx.endpoint) {
-            if let Verdict::Reject(r) = vendor.limits.admit(ctx.limit_key, ctx.endpoint).await {
-                let (env, extra) = r.answer(name, &ctx.request_id);
-                self.answer(session, ctx, env, true, &extra).await?;
-                return Ok(true);
-            }
-        }
-        // Protocol upgrades (WebSocket media streams) take Pingora's own proxy path.
+        // Protocol upgrades (WebSocket media streams) take Pingora's own proxy path, with
+        // the same peer and header hygiene as the exchange (the hooks below).
         if session.is_upgrade_req() {
             return Ok(false);
         }
-        match self.forwarder.run(session, ctx, &vendor).await {
-            Outcome::Answered => Ok(true),
-            Outcome::Aborted(e) => Err(e),
-        }
+        self.exchange
+            .run(session, ctx, &vendor)
+            .await
+            .map(|()| true)
     }
 
     async fn request_body_filter(
@@ -255,36 +226,30 @@ impl ProxyHttp for Switchboard {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        ctx.request.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
         let limit = ctx
+            .route
             .vendor
             .as_ref()
             .map_or(u64::MAX, |v| v.cfg.max_request_body);
-        if ctx.body_bytes > limit {
-            ctx.pending = Some((
-                Code::PayloadTooLarge,
-                format!("request body exceeds the limit of {limit} bytes"),
-            ));
-            return Error::e_explain(PROXY_REFUSED, "request body too large");
+        if ctx.request.body_bytes > limit {
+            return Error::e_explain(BODY_TOO_LARGE, "request body too large");
         }
         Ok(())
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some(vendor) = ctx.vendor.clone() else {
+        let Some(vendor) = ctx.route.vendor.clone() else {
             return Error::e_explain(ErrorType::InternalError, "no vendor for request");
         };
-        let cfg = &vendor.cfg;
-        let addr = match vendor.resolver.pick(cfg.timeouts.connect).await {
+        let t = &vendor.cfg.timeouts;
+        let addr = match vendor.resolver.pick(t.connect).await {
             Ok(a) => a,
-            Err(e) => {
-                ctx.pending = Some((Code::UpstreamUnavailable, e.to_string()));
-                return Error::e_explain(PROXY_REFUSED, "upstream host unresolvable");
-            }
+            Err(e) => return Error::e_explain(ErrorType::ConnectError, e.to_string()),
         };
-        ctx.attempts += 1;
-        ctx.sent = false;
-        Ok(Box::new(vendor.peer(addr)))
+        ctx.attempt.made += 1;
+        ctx.attempt.sent = false;
+        Ok(Box::new(vendor.peer(addr, t.response)))
     }
 
     async fn upstream_request_filter(
@@ -293,12 +258,11 @@ impl ProxyHttp for Switchboard {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(v) = &ctx.vendor {
-            upstream_request.insert_header(http::header::HOST, v.host.clone())?;
+        if let Some(v) = &ctx.route.vendor {
+            upstream::prepare(upstream_request, &v.host, &[&exchange::DEADLINE_HEADER]);
         }
-        headers::strip_request_hop_by_hop(upstream_request);
-        ctx.sent = true;
-        ctx.upstream_started = Some(Instant::now());
+        ctx.attempt.sent = true;
+        ctx.attempt.started = Some(Instant::now());
         Ok(())
     }
 
@@ -308,8 +272,8 @@ impl ProxyHttp for Switchboard {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.upstream_status = Some(upstream_response.status.as_u16());
-        ctx.upstream_elapsed = ctx.upstream_started.map(|t| t.elapsed());
+        ctx.attempt.status = Some(upstream_response.status.as_u16());
+        ctx.attempt.elapsed = ctx.attempt.started.map(|t| t.elapsed());
         Ok(())
     }
 
@@ -320,7 +284,7 @@ impl ProxyHttp for Switchboard {
         ctx: &mut Ctx,
     ) -> Result<()> {
         headers::strip_response_hop_by_hop(upstream_response);
-        upstream_response.insert_header(headers::X_REQUEST_ID, &ctx.request_id)?;
+        upstream_response.insert_header(headers::X_REQUEST_ID, &ctx.request.id)?;
         ctx.answered(upstream_response.status.as_u16(), None);
         Ok(())
     }
@@ -333,7 +297,7 @@ impl ProxyHttp for Switchboard {
         _ctx: &mut Ctx,
         _client_reused: bool,
     ) -> Box<Error> {
-        // No retries yet: whether a failed attempt may be repeated is the retry policy's call.
+        // An upgraded stream is never repeated: Pingora's own retry stays off.
         let mut e = e.more_context(format!("peer: {peer}"));
         e.set_retry(false);
         e
@@ -346,62 +310,62 @@ impl ProxyHttp for Switchboard {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        ctx.sent = false;
+        ctx.attempt.sent = false;
         e.set_retry(false);
         e
     }
 
+    /// Failures on Pingora's own proxy path (upgrades, and errors Pingora raised before
+    /// `request_filter` finished) get the same rescue as the exchange's.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let vendor = ctx
-            .vendor
-            .as_ref()
-            .map_or("", |v| v.cfg.name.as_str())
-            .to_string();
-        if ctx.request_id.is_empty() {
-            ctx.request_id = headers::request_id(None);
+        let cut = FailToProxy {
+            error_code: 0,
+            can_reuse_downstream: false,
+        };
+        let Some(vendor) = ctx.route.vendor.clone() else {
+            return cut;
+        };
+        if ctx.request.id.is_empty() {
+            ctx.request.id = headers::request_id(None);
         }
-        let state = AttemptState {
-            sent: ctx.sent,
-            idempotent: ctx.idempotent,
-        };
-        let classified = ctx.pending.take().or_else(|| classify(e, state));
-        let Some((code, message)) = classified else {
-            ctx.client_gone = true;
-            return FailToProxy {
-                error_code: 0,
-                can_reuse_downstream: false,
-            };
-        };
         if session.response_written().is_some() {
             // Headers already went out (e.g. reset mid-body): all we can do is cut the stream.
-            tracing::warn!(request_id = %ctx.request_id, %vendor, error = %e, "upstream failed mid-response");
-            return FailToProxy {
-                error_code: 0,
+            tracing::warn!(request_id = %ctx.request.id, vendor = %vendor.cfg.name, error = %e, "upstream failed mid-response");
+            return cut;
+        }
+        let failure = match e.etype() {
+            ErrorType::Custom(_) if *e.etype() == BODY_TOO_LARGE => {
+                Failure::TooLarge(vendor.cfg.max_request_body)
+            }
+            _ => Failure::Transport(Error::create(
+                e.etype().clone(),
+                e.esource().clone(),
+                Some(e.to_string().into()),
+                None,
+            )),
+        };
+        match respond::failure(session, ctx, &vendor, failure).await {
+            Ok(()) => FailToProxy {
+                error_code: ctx.answer.status.unwrap_or(0),
                 can_reuse_downstream: false,
-            };
-        }
-        let env =
-            Envelope::proxy(code, message, &vendor, &ctx.request_id).with_attempts(ctx.attempts);
-        let status = env.status();
-        tracing::debug!(request_id = %ctx.request_id, %vendor, code = %code, error = %e, "answering with proxy error");
-        if let Outcome::Aborted(we) = forward::write_envelope(session, ctx, env).await {
-            tracing::debug!(error = %we, "could not write error response");
-        }
-        FailToProxy {
-            error_code: status,
-            can_reuse_downstream: false,
+            },
+            Err(we) => {
+                tracing::debug!(error = %we, "could not write error response");
+                cut
+            }
         }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        let Some(v) = &ctx.vendor else { return };
+        let Some(v) = &ctx.route.vendor else { return };
         let method = session.req_header().method.as_str();
-        let endpoint = v.router.name(ctx.endpoint);
+        let endpoint = v.router.name(ctx.route.endpoint);
         let status = ctx
+            .answer
             .status
             .or_else(|| session.response_written().map(|r| r.status.as_u16()))
             .unwrap_or(0);
-        let status_label = if ctx.client_gone {
+        let status_label = if ctx.answer.client_gone {
             "client_closed".to_string()
         } else {
             status.to_string()
@@ -410,30 +374,31 @@ impl ProxyHttp for Switchboard {
             .requests
             .with_label_values(&[&v.cfg.name, endpoint, method_label(method), &status_label])
             .inc();
-        if let Some((code, source)) = ctx.error {
+        if let Some((code, source)) = ctx.answer.error {
             self.metrics
                 .errors
                 .with_label_values(&[&v.cfg.name, endpoint, code.as_str(), source.as_str()])
                 .inc();
         }
-        let latency = v.latency(ctx.endpoint);
-        if let (Some(up), false) = (ctx.upstream_elapsed, ctx.upstream_observed) {
+        let latency = v.latency(ctx.route.endpoint);
+        let a = &ctx.attempt;
+        if let (Some(up), false) = (a.elapsed, a.observed) {
             latency.upstream.observe(up.as_secs_f64());
         }
-        let elapsed = ctx.started.elapsed();
+        let elapsed = ctx.request.started.elapsed();
         latency.request.observe(elapsed.as_secs_f64());
         tracing::info!(
             target: "switchboard::access",
-            request_id = %ctx.request_id,
+            request_id = %ctx.request.id,
             vendor = %v.cfg.name,
             endpoint,
             method,
             status,
-            upstream_status = ctx.upstream_status,
-            code = ctx.error.map(|(c, _)| c.as_str()),
-            attempts = ctx.attempts,
+            upstream_status = a.status,
+            code = ctx.answer.error.map(|(c, _)| c.as_str()),
+            attempts = a.made,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
-            upstream_ms = ctx.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
+            upstream_ms = a.elapsed.map(|d| d.as_secs_f64() * 1000.0),
             error = e.map(|e| e.to_string()),
         );
     }

@@ -71,12 +71,20 @@ impl Budget {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Takes one retry from the budget if there is room; `false` when spent.
+    /// Whether one more retry fits, without taking it: asked before a retry waits, so a
+    /// request does not wait for a retry the budget would refuse.
+    pub fn has_room(&self, now: Duration) -> bool {
+        let (req, ret) = self.totals(now.as_secs());
+        let allowed = self.ratio * req as f64 + f64::from(self.min_per_second) * SLOTS as f64;
+        (ret as f64) + 1.0 <= allowed
+    }
+
+    /// Takes one retry from the budget if there is room; `false` when spent. Called only
+    /// for a retry that is about to be sent: a retry stopped on the way (queue full,
+    /// shutdown, no rate-limit token) spends nothing (SPEC §6).
     pub fn try_retry(&self, now: Duration) -> bool {
         let now_s = now.as_secs();
-        let (req, ret) = self.totals(now_s);
-        let allowed = self.ratio * req as f64 + f64::from(self.min_per_second) * SLOTS as f64;
-        if (ret as f64) + 1.0 > allowed {
+        if !self.has_room(now) {
             return false;
         }
         self.slot(now_s).retries.fetch_add(1, Ordering::Relaxed);
@@ -98,6 +106,17 @@ mod tests {
         // 0.2 × 1000 + 1/s × 10 s = 210.
         let granted = (0..1000).filter(|_| b.try_retry(t)).count();
         assert_eq!(granted, 210);
+    }
+
+    #[test]
+    fn looking_spends_nothing() {
+        let b = Budget::new(0.0, 1);
+        let t = Duration::from_secs(7);
+        for _ in 0..100 {
+            assert!(b.has_room(t));
+        }
+        assert_eq!((0..100).filter(|_| b.try_retry(t)).count(), 10);
+        assert!(!b.has_room(t));
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //!
 //! The four safety rules:
 //! 1. the connection failed before the request was sent: always safe;
-//! 2. the vendor said it did not process the request (429 `rate_limited`, 503, or a profile
-//!    code marked `unprocessed`): safe for any method;
+//! 2. the vendor said it did not process the request (HTTP 429 classified `rate_limited`,
+//!    HTTP 503, or a profile code or rule marked `unprocessed`): safe for any method. These
+//!    are facts the vendor stated, never a guess from a message's words;
 //! 3. 500, 502, 504, timeouts, a response lost after sending: safe only for idempotent
 //!    methods or requests carrying the idempotency header;
 //! 4. never: a profile code marked non-retryable (`DELIVERY_FAILED`, `MAX_ATTEMPTS_EXCEEDED`,
@@ -15,6 +16,8 @@ mod budget;
 pub use budget::Budget;
 
 use std::sync::OnceLock;
+
+use crate::envelope::Code;
 use std::time::{Duration, Instant};
 
 /// Time since a process-wide origin (the budget's clock).
@@ -73,15 +76,53 @@ pub enum Outcome {
     Response {
         /// The vendor's status.
         status: u16,
-        /// The canonical code is rate_limited.
-        rate_limited: bool,
+        /// The canonical code the answer was classified as (for the app). Whether the
+        /// request may be repeated rests on the facts below, never on the code alone: a
+        /// `rate_limited` inferred from a message's words on a 400 is not a vendor's word
+        /// that it did not act.
+        code: Code,
         /// Retryable per the code and the profile.
         retryable: bool,
-        /// The profile says whether it was processed; `None` = not said.
+        /// The profile says whether it was processed (a code or rule marked
+        /// `unprocessed`); `None` = not said.
         unprocessed: Option<bool>,
         /// The vendor's wait hint.
         hint: Option<Duration>,
     },
+}
+
+impl Outcome {
+    /// The vendor stated that it did not process the request (rule 2): HTTP 429 classified
+    /// `rate_limited`, HTTP 503, or a profile code/rule marked `unprocessed` — in that
+    /// order of strength: the profile's `unprocessed: false` demotes the status facts.
+    pub fn vendor_did_not_process(&self) -> bool {
+        match *self {
+            Outcome::Response {
+                status,
+                code,
+                unprocessed,
+                ..
+            } => {
+                unprocessed.unwrap_or((status == 429 && code == Code::RateLimited) || status == 503)
+            }
+            _ => false,
+        }
+    }
+
+    /// The vendor stated that this key is over its rate limit, so its buckets pause (SPEC
+    /// §6): a `rate_limited` answer on HTTP 429, or on any status when the profile marks the
+    /// code `unprocessed`. Words in a message never pause anything.
+    pub fn vendor_throttled(&self) -> bool {
+        match *self {
+            Outcome::Response {
+                status,
+                code: Code::RateLimited,
+                unprocessed,
+                ..
+            } => unprocessed.unwrap_or(status == 429),
+            _ => false,
+        }
+    }
 }
 
 /// What is known about the request and the attempts so far.
@@ -99,10 +140,52 @@ pub struct Attempt {
     pub time_left: Duration,
 }
 
+/// Why an attempt is retried: label `reason` of `switchboard_retries_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    /// The connection failed before the request was sent.
+    ConnectError,
+    /// The vendor answered 429 `rate_limited` (or a code marked unprocessed said so).
+    RateLimited,
+    /// The vendor said it did not process the request (503, or a code marked unprocessed).
+    Unavailable,
+    /// 500/502/504/408 on a request that is safe to repeat.
+    ServerError,
+    /// The response was lost after sending, on a request that is safe to repeat.
+    Lost,
+    /// A code the profile marks retryable on another status, on a safe request.
+    RetryableCode,
+}
+
+impl RetryReason {
+    /// Every reason, for pre-creating the metric series.
+    pub const ALL: [RetryReason; 6] = [
+        RetryReason::ConnectError,
+        RetryReason::RateLimited,
+        RetryReason::Unavailable,
+        RetryReason::ServerError,
+        RetryReason::Lost,
+        RetryReason::RetryableCode,
+    ];
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::ConnectError => "connect_error",
+            RetryReason::RateLimited => "rate_limited",
+            RetryReason::Unavailable => "unavailable",
+            RetryReason::ServerError => "server_error",
+            RetryReason::Lost => "lost",
+            RetryReason::RetryableCode => "retryable_code",
+        }
+    }
+}
+
 /// Why retrying stops (metric label `reason` of `switchboard_retry_giveups_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GiveUp {
-    /// The outcome is final (a client error, a non-retryable code).
+    /// The outcome is final (a client error, a non-retryable code). Not counted: it is no
+    /// give-up, there was nothing to retry.
     Final,
     /// The request may have been processed and is not safe to repeat.
     Unsafe,
@@ -116,9 +199,28 @@ pub enum GiveUp {
     Deadline,
     /// The retry budget is spent.
     Budget,
+    /// The bounded retry line is full (answered `overloaded`).
+    Overloaded,
+    /// The retry got no rate-limit token.
+    RateLimit,
+    /// A shutdown started while the retry waited.
+    Shutdown,
 }
 
 impl GiveUp {
+    /// Every counted reason ([`GiveUp::Final`] is not one), for pre-creating the series.
+    pub const COUNTED: [GiveUp; 9] = [
+        GiveUp::Budget,
+        GiveUp::Attempts,
+        GiveUp::HintTooLong,
+        GiveUp::Deadline,
+        GiveUp::Unsafe,
+        GiveUp::NotReplayable,
+        GiveUp::Overloaded,
+        GiveUp::RateLimit,
+        GiveUp::Shutdown,
+    ];
+
     /// Metric label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -129,6 +231,9 @@ impl GiveUp {
             GiveUp::HintTooLong => "hint_too_long",
             GiveUp::Deadline => "deadline",
             GiveUp::Budget => "budget",
+            GiveUp::Overloaded => "overloaded",
+            GiveUp::RateLimit => "ratelimit",
+            GiveUp::Shutdown => "shutdown",
         }
     }
 }
@@ -136,26 +241,25 @@ impl GiveUp {
 /// The decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    /// Send again after this wait. `reason` labels `switchboard_retries_total`.
+    /// Send again after this wait.
     Retry {
         /// How long to wait first.
         after: Duration,
         /// Why it is retried.
-        reason: &'static str,
+        reason: RetryReason,
     },
     /// Answer with the last outcome.
     Stop(GiveUp),
 }
 
-/// Whether the outcome may be repeated at all (rules 1–4), and the retry reason label.
-fn safe(outcome: &Outcome, idempotent: bool) -> Result<&'static str, GiveUp> {
+/// Whether the outcome may be repeated at all (rules 1–4), and the retry reason.
+fn safe(outcome: &Outcome, idempotent: bool) -> Result<RetryReason, GiveUp> {
     match *outcome {
-        Outcome::NotSent => Ok("connect_error"),
-        Outcome::Lost if idempotent => Ok("lost"),
+        Outcome::NotSent => Ok(RetryReason::ConnectError),
+        Outcome::Lost if idempotent => Ok(RetryReason::Lost),
         Outcome::Lost => Err(GiveUp::Unsafe),
         Outcome::Response {
             status,
-            rate_limited,
             retryable,
             unprocessed,
             ..
@@ -164,12 +268,11 @@ fn safe(outcome: &Outcome, idempotent: bool) -> Result<&'static str, GiveUp> {
             if !retryable {
                 return Err(GiveUp::Final);
             }
-            let not_processed = unprocessed.unwrap_or(rate_limited || status == 503);
-            if not_processed {
-                return Ok(if rate_limited {
-                    "rate_limited"
+            if outcome.vendor_did_not_process() {
+                return Ok(if outcome.vendor_throttled() {
+                    RetryReason::RateLimited
                 } else {
-                    "unavailable"
+                    RetryReason::Unavailable
                 });
             }
             if unprocessed == Some(false) && !idempotent {
@@ -177,15 +280,15 @@ fn safe(outcome: &Outcome, idempotent: bool) -> Result<&'static str, GiveUp> {
             }
             if status >= 500 || status == 408 {
                 return if idempotent {
-                    Ok("server_error")
+                    Ok(RetryReason::ServerError)
                 } else {
                     Err(GiveUp::Unsafe)
                 };
             }
-            // A retryable code on another status (e.g. 409 marked retryable by a profile)
-            // repeats only what is safe to repeat.
+            // A retryable code on another status (e.g. 409 marked retryable by a profile,
+            // or a 400 whose words read "rate limit") repeats only what is safe to repeat.
             if idempotent {
-                Ok("retryable_code")
+                Ok(RetryReason::RetryableCode)
             } else {
                 Err(GiveUp::Unsafe)
             }
@@ -238,17 +341,3 @@ pub fn decide(
 
 #[cfg(test)]
 mod tests;
-
-impl Outcome {
-    /// The outcome of a normalised vendor error.
-    pub fn from_normalized(n: &crate::normalize::Normalized, status: u16) -> Self {
-        let e = &n.envelope.error;
-        Outcome::Response {
-            status,
-            rate_limited: e.code == crate::envelope::Code::RateLimited,
-            retryable: e.retryable,
-            unprocessed: n.unprocessed,
-            hint: e.retry_after_s.map(Duration::from_secs),
-        }
-    }
-}

@@ -23,10 +23,26 @@ const GET: Attempt = Attempt {
 fn resp(status: u16, rate_limited: bool, retryable: bool, hint: Option<u64>) -> Outcome {
     Outcome::Response {
         status,
-        rate_limited,
+        code: if rate_limited {
+            Code::RateLimited
+        } else {
+            Code::UnknownError
+        },
         retryable,
         unprocessed: None,
         hint: hint.map(Duration::from_secs),
+    }
+}
+
+/// The outcome as the exchange builds it from a normalised answer.
+fn outcome_of(n: &crate::normalize::Normalized, status: u16) -> Outcome {
+    let e = &n.envelope.error;
+    Outcome::Response {
+        status,
+        code: e.code,
+        retryable: e.retryable,
+        unprocessed: n.unprocessed,
+        hint: e.retry_after_s.map(Duration::from_secs),
     }
 }
 
@@ -41,21 +57,26 @@ fn retried(d: Decision) -> bool {
 #[test]
 fn the_four_safety_rules() {
     // (attempt, outcome, retried?, stop reason if not)
-    let rows: Vec<(&str, Attempt, Outcome, Result<&str, GiveUp>)> = vec![
+    let rows: Vec<(&str, Attempt, Outcome, Result<RetryReason, GiveUp>)> = vec![
         // Rule 1: never sent -> any method.
-        ("refused POST", POST, Outcome::NotSent, Ok("connect_error")),
+        (
+            "refused POST",
+            POST,
+            Outcome::NotSent,
+            Ok(RetryReason::ConnectError),
+        ),
         // Rule 2: not processed -> any method.
         (
             "429 POST",
             POST,
             resp(429, true, true, Some(1)),
-            Ok("rate_limited"),
+            Ok(RetryReason::RateLimited),
         ),
         (
             "503 POST",
             POST,
             resp(503, false, true, None),
-            Ok("unavailable"),
+            Ok(RetryReason::Unavailable),
         ),
         // Rule 3: maybe processed -> idempotent or keyed only.
         (
@@ -68,13 +89,13 @@ fn the_four_safety_rules() {
             "500 POST+key",
             POST_KEYED,
             resp(500, false, true, None),
-            Ok("server_error"),
+            Ok(RetryReason::ServerError),
         ),
         (
             "500 GET",
             GET,
             resp(500, false, true, None),
-            Ok("server_error"),
+            Ok(RetryReason::ServerError),
         ),
         (
             "502 POST",
@@ -86,11 +107,16 @@ fn the_four_safety_rules() {
             "504 GET",
             GET,
             resp(504, false, true, None),
-            Ok("server_error"),
+            Ok(RetryReason::ServerError),
         ),
         ("lost POST", POST, Outcome::Lost, Err(GiveUp::Unsafe)),
-        ("lost POST+key", POST_KEYED, Outcome::Lost, Ok("lost")),
-        ("lost GET", GET, Outcome::Lost, Ok("lost")),
+        (
+            "lost POST+key",
+            POST_KEYED,
+            Outcome::Lost,
+            Ok(RetryReason::Lost),
+        ),
+        ("lost GET", GET, Outcome::Lost, Ok(RetryReason::Lost)),
         // Rule 4: a non-retryable code is final whatever the status and method.
         (
             "DELIVERY_FAILED 502 GET",
@@ -133,7 +159,7 @@ fn the_four_safety_rules() {
 fn profile_marks_override_the_status() {
     let processed_503 = Outcome::Response {
         status: 503,
-        rate_limited: false,
+        code: Code::UpstreamUnavailable,
         retryable: true,
         unprocessed: Some(false),
         hint: None,
@@ -142,7 +168,7 @@ fn profile_marks_override_the_status() {
     assert!(retried(run(&GET, &processed_503)));
     let unprocessed_500 = Outcome::Response {
         status: 500,
-        rate_limited: false,
+        code: Code::InternalError,
         retryable: true,
         unprocessed: Some(true),
         hint: None,
@@ -158,7 +184,7 @@ fn waits_hints_attempts_deadline_and_replay() {
         run(&POST, &r429),
         Decision::Retry {
             after: Duration::from_secs(2),
-            reason: "rate_limited"
+            reason: RetryReason::RateLimited
         }
     );
     // A hint past max_retry_after (30 s) ends retrying.
@@ -178,7 +204,7 @@ fn waits_hints_attempts_deadline_and_replay() {
             d,
             Decision::Retry {
                 after: Duration::from_millis(ceiling),
-                reason: "lost"
+                reason: RetryReason::Lost
             },
             "attempt {made}"
         );
@@ -234,14 +260,14 @@ fn every_seed_example_follows_the_rules() {
                 path: "/",
             };
             let n = normalize(&profile, vendor, "r", &vr, now);
-            let o = Outcome::from_normalized(&n, ex.status);
+            let o = outcome_of(&n, ex.status);
             let code = n.envelope.error.code;
             let (post, get) = (run(&POST, &o), run(&GET, &o));
             let name = format!("{vendor}/{}: {code}", ex.name);
             if !n.envelope.error.retryable {
                 assert_eq!(post, Decision::Stop(GiveUp::Final), "{name}");
                 assert_eq!(get, Decision::Stop(GiveUp::Final), "{name}");
-            } else if code == crate::envelope::Code::RateLimited {
+            } else if code == Code::RateLimited && o.vendor_did_not_process() {
                 // Retried for a POST too, unless its hint is longer than we wait.
                 let hint_long = matches!(o, Outcome::Response { hint: Some(h), .. } if h > Duration::from_secs(30));
                 if hint_long {
@@ -262,4 +288,62 @@ fn every_seed_example_follows_the_rules() {
         }
     }
     assert!(seen >= 25, "{seen} examples");
+}
+
+/// Rule 2 rests on what the vendor stated, not on the words the classifier read: a
+/// `rate_limited` inferred from "rate limit" / "throttled" on a 400, 403, 422 or a 2xx
+/// does not make a POST repeatable, and pauses nothing.
+#[test]
+fn rate_limit_wording_is_no_fact() {
+    let answer = |status, code, retryable, unprocessed| Outcome::Response {
+        status,
+        code,
+        retryable,
+        unprocessed,
+        hint: Some(Duration::from_secs(1)),
+    };
+    let worded = |status| answer(status, Code::RateLimited, true, None);
+    for status in [400, 403, 422, 200, 201] {
+        let o = worded(status);
+        assert!(!o.vendor_did_not_process(), "{status}");
+        assert!(!o.vendor_throttled(), "{status}");
+        assert_eq!(run(&POST, &o), Decision::Stop(GiveUp::Unsafe), "{status}");
+        // An idempotent request may still repeat (it is safe whatever the vendor did).
+        assert!(retried(run(&GET, &o)), "{status}");
+    }
+    // The facts: 429 + rate_limited; a profile code marked unprocessed on any status.
+    let r429 = worded(429);
+    assert!(r429.vendor_throttled() && r429.vendor_did_not_process());
+    assert!(retried(run(&POST, &r429)));
+    let marked = answer(400, Code::RateLimited, true, Some(true));
+    assert!(marked.vendor_throttled());
+    assert_eq!(
+        run(&POST, &marked),
+        Decision::Retry {
+            after: Duration::from_secs(1),
+            reason: RetryReason::RateLimited
+        }
+    );
+    // A 429 that is not a rate limit (TryVox MAX_ATTEMPTS_EXCEEDED) is not throttling.
+    let attempts = answer(429, Code::TooManyAttempts, false, None);
+    assert!(!attempts.vendor_throttled());
+    assert!(!attempts.vendor_did_not_process());
+    // A 503 is unprocessed but not throttling: it pauses no bucket.
+    let r503 = answer(503, Code::UpstreamUnavailable, true, None);
+    assert!(r503.vendor_did_not_process() && !r503.vendor_throttled());
+    // The profile's `unprocessed: false` demotes a 429 too.
+    let processed_429 = answer(429, Code::RateLimited, true, Some(false));
+    assert!(!processed_429.vendor_throttled());
+    assert_eq!(run(&POST, &processed_429), Decision::Stop(GiveUp::Unsafe));
+}
+
+#[test]
+fn give_up_labels_are_distinct() {
+    let mut seen: Vec<&str> = GiveUp::COUNTED.iter().map(|g| g.as_str()).collect();
+    seen.extend(RetryReason::ALL.iter().map(|r| r.as_str()));
+    let n = seen.len();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), n);
+    assert!(!GiveUp::COUNTED.contains(&GiveUp::Final));
 }

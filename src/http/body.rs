@@ -1,0 +1,95 @@
+//! The request body as the app sends it: buffered up to [`REPLAY_LIMIT`] so that a retry can
+//! send it again byte for byte, streamed to the vendor beyond that (and then never retried).
+
+use bytes::{Bytes, BytesMut};
+use pingora::protocols::http::client::HttpSession as UpstreamSession;
+use pingora::proxy::Session;
+
+/// Request bodies up to this size are buffered before sending (and could be replayed);
+/// larger ones are streamed to the vendor as they arrive.
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// The request body as read from the app so far.
+pub struct RequestBody {
+    /// What was read: the whole body, or its first part when `streaming`.
+    pub buffered: Bytes,
+    /// More body follows on the downstream session (larger than [`REPLAY_LIMIT`]).
+    pub streaming: bool,
+    /// The app sent a body at all (`Content-Length` or `Transfer-Encoding`).
+    pub present: bool,
+}
+
+impl RequestBody {
+    /// Whether the body can be sent again byte for byte.
+    pub fn replayable(&self) -> bool {
+        !self.streaming
+    }
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The body is larger than the configured limit.
+    #[error("request body exceeds the limit of {0} bytes")]
+    TooLarge(u64),
+    /// Reading from the app (or writing to the vendor) failed.
+    #[error(transparent)]
+    Io(Box<pingora::Error>),
+}
+
+/// Reads the request body: all of it when it fits the replay buffer, else the first part.
+pub async fn read(session: &mut Session, limit: u64) -> Result<RequestBody, BodyError> {
+    let h = &session.req_header().headers;
+    let present = h.contains_key(http::header::CONTENT_LENGTH)
+        || h.contains_key(http::header::TRANSFER_ENCODING);
+    let mut buffered = BytesMut::new();
+    let mut total: u64 = 0;
+    while let Some(chunk) = session.read_request_body().await.map_err(BodyError::Io)? {
+        total += chunk.len() as u64;
+        if total > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        buffered.extend_from_slice(&chunk);
+        if buffered.len() > REPLAY_LIMIT {
+            return Ok(RequestBody {
+                buffered: buffered.freeze(),
+                streaming: true,
+                present,
+            });
+        }
+    }
+    Ok(RequestBody {
+        buffered: buffered.freeze(),
+        streaming: false,
+        present,
+    })
+}
+
+/// Sends `body` to the vendor: the buffered part, then (when streaming) the rest straight
+/// from the app as it arrives, never past `limit` bytes in all.
+pub async fn send(
+    session: &mut Session,
+    up: &mut UpstreamSession,
+    body: &RequestBody,
+    limit: u64,
+) -> Result<(), BodyError> {
+    if !body.buffered.is_empty() {
+        up.write_request_body(body.buffered.clone(), !body.streaming)
+            .await
+            .map_err(BodyError::Io)?;
+    }
+    if body.streaming {
+        let mut total = session.body_bytes_read() as u64;
+        while let Some(c) = session.read_request_body().await.map_err(BodyError::Io)? {
+            total += c.len() as u64;
+            if total > limit {
+                return Err(BodyError::TooLarge(limit));
+            }
+            up.write_request_body(c, false)
+                .await
+                .map_err(BodyError::Io)?;
+        }
+    }
+    up.finish_request_body().await.map_err(BodyError::Io)?;
+    Ok(())
+}

@@ -1,0 +1,432 @@
+//! The exchange: the one attempt loop every proxied request goes through.
+//!
+//! limits → read the body → send → classify (normalize) → decide (retry) → answer.
+//!
+//! Pingora's proxy loop writes the response header downstream before any of the body is
+//! read, so it cannot answer a vendor error with the *canonical* status that only the body
+//! reveals (TryVox `DELIVERY_FAILED` 502 stays 502, a bare gateway 502 becomes 503). The
+//! exchange therefore drives the vendor itself: it sends the request over the pooled
+//! upstream connections (`http`), reads the response header, and then either streams a
+//! success through untouched or reads the (capped) error body, normalises it, and lets
+//! `retry` decide whether to send again. Writing the answer is `respond`'s job.
+//!
+//! The request's deadline (`retry.deadline`, shortened by `X-Switchboard-Deadline`) bounds
+//! everything up to the vendor's response header, attempts included: each attempt's
+//! connect and read timeouts are cut to what is left, and the wait for the header is cut
+//! at the deadline itself. A response whose header arrived in time streams to its end.
+//!
+//! It does not care what accepted the request: it needs the downstream session's header
+//! and body, and a place to write the answer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::client::HttpSession as UpstreamSession;
+use pingora::proxy::Session;
+
+use super::error::Failure;
+use super::respond::{self, Written};
+use super::{Ctx, VendorRuntime};
+use crate::envelope::{Code, Envelope};
+use crate::http::body::{self, RequestBody};
+use crate::http::headers;
+use crate::http::pool::Upstreams;
+use crate::http::upstream::{self, Prefix};
+use crate::lifecycle::Lifecycle;
+use crate::limits::Verdict;
+use crate::metrics::Metrics;
+use crate::normalize::{self, hints, Normalized, VendorResponse, MAX_ERROR_BODY};
+use crate::retry::{self, GiveUp};
+
+/// Header a caller uses to shorten its own deadline, in milliseconds. Never forwarded.
+pub const DEADLINE_HEADER: http::HeaderName =
+    http::HeaderName::from_static("x-switchboard-deadline");
+
+/// Drives requests to the vendor over pooled upstream connections.
+pub struct Exchange {
+    upstreams: Upstreams,
+    lifecycle: Arc<Lifecycle>,
+    metrics: Metrics,
+}
+
+/// What one attempt produced, when it was not a transport failure.
+enum Reply {
+    /// A response was written to the app (or the app went away): nothing more to do.
+    Done(Written),
+    /// The vendor answered with an error, normalised and not yet written.
+    Error(Box<Normalized>, u16),
+}
+
+/// What [`Exchange::hold_for_retry`] allows.
+enum Hold {
+    /// Send again.
+    Go,
+    /// Answer with the last outcome.
+    Stop(GiveUp),
+    /// An answer was already written (the retry line was full).
+    Answered(Written),
+}
+
+/// The answer to give if retrying stops now.
+enum Last {
+    Envelope(Box<Envelope>),
+    Failure(Failure),
+}
+
+impl Exchange {
+    /// An exchange with its own connection pool; `lifecycle` tells waiting requests that a
+    /// shutdown started, and counts requests in flight.
+    pub fn new(upstreams: Upstreams, lifecycle: Arc<Lifecycle>, metrics: Metrics) -> Self {
+        Exchange {
+            upstreams,
+            lifecycle,
+            metrics,
+        }
+    }
+
+    /// The process lifecycle.
+    pub fn lifecycle(&self) -> &Arc<Lifecycle> {
+        &self.lifecycle
+    }
+
+    /// Checks made before anything is read or sent: framing, declared size, rate limits.
+    /// `Some` when the request was answered here.
+    pub async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        vendor: &VendorRuntime,
+    ) -> Option<Written> {
+        let req = session.req_header();
+        // Request smuggling guard: Pingora drops Content-Length when Transfer-Encoding is
+        // also present; such a request is malformed and never forwarded.
+        let smuggled = req.headers.contains_key(http::header::TRANSFER_ENCODING)
+            && session
+                .as_http1()
+                .is_some_and(|s| headers::raw_has_content_length(&s.get_headers_raw_bytes()));
+        if smuggled {
+            return Some(respond::failure(session, ctx, vendor, Failure::Smuggling).await);
+        }
+        let declared = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let limit = vendor.cfg.max_request_body;
+        if declared.is_some_and(|n| n > limit) {
+            return Some(respond::failure(session, ctx, vendor, Failure::TooLarge(limit)).await);
+        }
+        if vendor.limits.applies(ctx.route.endpoint) {
+            let key = ctx.route.limit_key;
+            if let Verdict::Reject(r) = vendor.limits.admit(key, ctx.route.endpoint).await {
+                let (env, extra) = r.answer(&vendor.cfg.name, &ctx.request.id);
+                return Some(respond::local(session, ctx, vendor, env, &extra, true).await);
+            }
+        }
+        None
+    }
+
+    /// Forwards the request in `session` and answers it. Every path writes exactly one
+    /// response, or reports why none could be written.
+    pub async fn run(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        vendor: &VendorRuntime,
+    ) -> Written {
+        let policy = &vendor.cfg.retry;
+        let h = &session.req_header().headers;
+        let idempotency_key = h.contains_key(&policy.idempotency_header);
+        let idempotent_method = session.req_header().method.is_idempotent();
+        // The caller may shorten (never lengthen) the deadline.
+        let budget = h
+            .get(&DEADLINE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(policy.deadline, |ms| {
+                policy.deadline.min(Duration::from_millis(ms))
+            });
+        let deadline = ctx.request.started + budget;
+        ctx.request.idempotent = idempotent_method || idempotency_key;
+        session.set_read_timeout(Some(vendor.cfg.timeouts.response.min(budget)));
+        let body = match body::read(session, vendor.cfg.max_request_body).await {
+            Ok(b) => b,
+            Err(e) => return Box::pin(respond::failure(session, ctx, vendor, e.into())).await,
+        };
+        vendor.retry_budget.request(retry::now());
+        loop {
+            ctx.attempt.elapsed = None;
+            // Answered attempts are counted (status, latency) inside, as soon as the
+            // vendor's header arrives: before the app can see the answer.
+            let result = self
+                .attempt(session, ctx, vendor, &body, deadline, budget)
+                .await;
+            ctx.attempt.observed = true;
+            let (outcome, last) = match result {
+                Ok(Reply::Done(written)) => return written,
+                Ok(Reply::Error(n, status)) => {
+                    let e = &n.envelope.error;
+                    let outcome = retry::Outcome::Response {
+                        status,
+                        code: e.code,
+                        retryable: e.retryable,
+                        unprocessed: n.unprocessed,
+                        hint: e.retry_after_s.map(Duration::from_secs),
+                    };
+                    // Only the vendor's stated facts pause a key, never a message's words.
+                    if outcome.vendor_throttled() {
+                        let (key, ep) = (ctx.route.limit_key, ctx.route.endpoint);
+                        vendor.limits.vendor_said(key, ep, true, e.retry_after_s);
+                    }
+                    let mut env = Box::new(n.envelope);
+                    env.error.attempts = ctx.attempt.made;
+                    (outcome, Last::Envelope(env))
+                }
+                Err(failure) => {
+                    let sent = ctx.attempt.sent;
+                    self.count(
+                        &self.metrics.upstream_attempts,
+                        vendor,
+                        ctx,
+                        failure.unanswered(sent).as_str(),
+                    );
+                    let outcome = match sent {
+                        true => retry::Outcome::Lost,
+                        false => retry::Outcome::NotSent,
+                    };
+                    (outcome, Last::Failure(failure))
+                }
+            };
+            let attempt = retry::Attempt {
+                made: ctx.attempt.made,
+                idempotent_method,
+                idempotency_key,
+                replayable: body.replayable(),
+                time_left: deadline.saturating_duration_since(Instant::now()),
+            };
+            let decision = retry::decide(policy, &attempt, &outcome, |ceiling| {
+                let ns = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+                Duration::from_nanos(rand::random_range(0..=ns))
+            });
+            let stop = match decision {
+                retry::Decision::Stop(g) => g,
+                retry::Decision::Retry { after, reason } => {
+                    match Box::pin(self.hold_for_retry(session, ctx, vendor, after)).await {
+                        Hold::Go => {
+                            self.count(&self.metrics.retries, vendor, ctx, reason.as_str());
+                            continue;
+                        }
+                        Hold::Stop(why) => why,
+                        Hold::Answered(written) => return written,
+                    }
+                }
+            };
+            if stop != GiveUp::Final {
+                self.count(&self.metrics.retry_giveups, vendor, ctx, stop.as_str());
+            }
+            return match last {
+                Last::Envelope(env) => {
+                    Box::pin(respond::envelope(session, ctx, vendor, *env, &[])).await
+                }
+                Last::Failure(f) => Box::pin(respond::failure(session, ctx, vendor, f)).await,
+            };
+        }
+    }
+
+    fn count(
+        &self,
+        family: &prometheus::IntCounterVec,
+        vendor: &VendorRuntime,
+        ctx: &Ctx,
+        label: &str,
+    ) {
+        let endpoint = vendor.router.name(ctx.route.endpoint);
+        family
+            .with_label_values(&[&vendor.cfg.name, endpoint, label])
+            .inc();
+    }
+
+    /// Everything between deciding to retry and sending again: room in the budget, a place
+    /// in the bounded retry line (full: `overloaded` is answered here), the wait (cut short
+    /// by a shutdown), and rate-limit tokens, which a retry takes like a new request. The
+    /// budget is spent last, only by a retry that is about to be sent.
+    async fn hold_for_retry(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        vendor: &VendorRuntime,
+        after: Duration,
+    ) -> Hold {
+        if !vendor.retry_budget.has_room(retry::now()) {
+            return Hold::Stop(GiveUp::Budget);
+        }
+        let Ok(_place) = vendor.retry_queue.try_acquire() else {
+            self.count(
+                &self.metrics.retry_giveups,
+                vendor,
+                ctx,
+                GiveUp::Overloaded.as_str(),
+            );
+            let env = Envelope::proxy(
+                Code::Overloaded,
+                "too many requests are waiting to be retried; try again shortly",
+                &vendor.cfg.name,
+                &ctx.request.id,
+            )
+            .with_attempts(ctx.attempt.made)
+            .with_retry_after(Some(1));
+            return Hold::Answered(respond::envelope(session, ctx, vendor, env, &[]).await);
+        };
+        self.metrics.queue_depth_retry(&vendor.cfg.name, 1);
+        let waited = self
+            .lifecycle
+            .sleep_unless_draining(tokio::time::Instant::now() + after)
+            .await;
+        self.metrics.queue_depth_retry(&vendor.cfg.name, -1);
+        if !waited {
+            return Hold::Stop(GiveUp::Shutdown);
+        }
+        if let Verdict::Reject(_) = vendor
+            .limits
+            .admit(ctx.route.limit_key, ctx.route.endpoint)
+            .await
+        {
+            return Hold::Stop(GiveUp::RateLimit);
+        }
+        if !vendor.retry_budget.try_retry(retry::now()) {
+            return Hold::Stop(GiveUp::Budget);
+        }
+        Hold::Go
+    }
+
+    /// One attempt, bounded by `deadline`. `Err` means no usable response arrived (to be
+    /// classified); responses of any status are dealt with inside.
+    async fn attempt(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        vendor: &VendorRuntime,
+        body: &RequestBody,
+        deadline: Instant,
+        budget: Duration,
+    ) -> Result<Reply, Failure> {
+        let cfg = &vendor.cfg;
+        ctx.attempt.sent = false;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Failure::Deadline(budget));
+        }
+        let addr = vendor
+            .resolver
+            .pick(cfg.timeouts.connect.min(left))
+            .await
+            .map_err(|e| Failure::Unresolvable(e.to_string()))?;
+        // Boxed: 672 bytes that would otherwise sit in the request's state across every await.
+        let peer = Box::new(vendor.peer(addr, left));
+        ctx.attempt.made += 1;
+        let req = upstream::request_header(
+            session.req_header(),
+            &vendor.host,
+            &[&DEADLINE_HEADER],
+            body,
+        );
+        let sent = pingora::prelude::timeout(left, async {
+            let mut up = self.upstreams.get(&peer).await?;
+            // The connector leaves these unset; Pingora's own proxy loop copies them the same way.
+            up.set_read_timeout(peer.options.read_timeout);
+            up.set_write_timeout(peer.options.write_timeout);
+            ctx.attempt.sent = true;
+            ctx.attempt.started = Some(Instant::now());
+            up.write_request_header(req).await?;
+            Box::pin(body::send(session, &mut up, body, cfg.max_request_body)).await?;
+            let resp = upstream::read_final_header(&mut up).await?;
+            Ok::<_, Failure>((up, resp))
+        })
+        .await;
+        let (mut up, resp) = match sent {
+            Ok(r) => r?,
+            Err(_elapsed) => return Err(Failure::Deadline(budget)),
+        };
+        let status = resp.status.as_u16();
+        ctx.attempt.status = Some(status);
+        if let Some(t) = ctx.attempt.started {
+            let took = t.elapsed();
+            ctx.attempt.elapsed = Some(took);
+            vendor
+                .latency(ctx.route.endpoint)
+                .upstream
+                .observe(took.as_secs_f64());
+        }
+        self.count(
+            &self.metrics.upstream_attempts,
+            vendor,
+            ctx,
+            &status.to_string(),
+        );
+
+        let profile = &cfg.dialect;
+        // Normalised 429s pause in the loop, by the vendor's stated facts (a 429 is not
+        // always a rate limit); passed-through ones by their status alone.
+        let raw_429 = status == 429 && cfg.passthrough_errors;
+        if raw_429 || hints::exhausted(&resp.headers) {
+            let hint = hints::hint(&resp.headers, profile, SystemTime::now());
+            let (key, ep) = (ctx.route.limit_key, ctx.route.endpoint);
+            vendor.limits.vendor_said(key, ep, raw_429, hint);
+        }
+        let success_candidate = (200..300).contains(&status)
+            && profile.success_candidate(status, session.req_header().uri.path());
+        if cfg.passthrough_errors || !(status >= 400 || success_candidate) {
+            let written = respond::stream(session, ctx, &mut up, resp).await;
+            if written.is_ok() {
+                Upstreams::release(up, &peer, cfg.timeouts.idle);
+            }
+            return Ok(Reply::Done(written));
+        }
+        Box::pin(self.inspect(session, ctx, vendor, up, &peer, resp)).await
+    }
+
+    /// Reads the first part of an error (or a 2xx that may hide one), normalises it, and
+    /// either hands the error back to the loop or sends the success on, byte for byte.
+    async fn inspect(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        vendor: &VendorRuntime,
+        mut up: UpstreamSession,
+        peer: &pingora::prelude::HttpPeer,
+        resp: ResponseHeader,
+    ) -> Result<Reply, Failure> {
+        let cfg = &vendor.cfg;
+        let status = resp.status.as_u16();
+        let prefix: Prefix = upstream::read_prefix(&mut up, MAX_ERROR_BODY).await;
+        let (bytes, truncated) = prefix.inspected(MAX_ERROR_BODY);
+        let vr = VendorResponse {
+            status,
+            headers: &resp.headers,
+            body: bytes,
+            truncated,
+            path: session.req_header().uri.path(),
+        };
+        let (now, rid) = (SystemTime::now(), ctx.request.id.as_str());
+        let normalized = if status < 300 {
+            normalize::success_error(&cfg.dialect, &cfg.name, rid, &vr, now)
+        } else {
+            Some(normalize::normalize(&cfg.dialect, &cfg.name, rid, &vr, now))
+        };
+        let reply = match normalized {
+            Some(n) => {
+                if prefix.complete {
+                    Upstreams::release(up, peer, cfg.timeouts.idle);
+                }
+                return Ok(Reply::Error(Box::new(n), status));
+            }
+            // A success after all: every byte read, then whatever is left, untouched.
+            None => Reply::Done(respond::inspected(session, ctx, &mut up, resp, prefix).await),
+        };
+        if matches!(reply, Reply::Done(Ok(()))) && up.response_done() {
+            Upstreams::release(up, peer, cfg.timeouts.idle);
+        }
+        Ok(reply)
+    }
+}

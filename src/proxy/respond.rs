@@ -1,0 +1,168 @@
+//! The only writer of responses to the app: envelopes, streamed successes, and inspected
+//! 2xx bodies sent on exactly as the vendor sent them.
+//!
+//! Each function writes one whole response (or cuts the stream when the vendor broke off
+//! mid-body) and records in [`Ctx`] what the app was answered. Every envelope is stripped
+//! of the request's secrets here, whoever built it.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::client::HttpSession as UpstreamSession;
+use pingora::proxy::Session;
+use pingora::{Error, Result};
+
+use super::error::Failure;
+use super::{Ctx, VendorRuntime};
+use crate::envelope::Envelope;
+use crate::http::headers;
+use crate::http::upstream::Prefix;
+use crate::normalize::transport::AttemptState;
+use crate::redact::Secrets;
+
+/// A response was written in full (`Ok`), or the stream had to be cut (`Err`: the app went
+/// away, or the vendor broke off after the header was sent).
+pub type Written = Result<()>;
+
+/// Writes `env` as the whole response, with extra headers, after removing the request's
+/// secrets from it.
+pub async fn envelope(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    vendor: &VendorRuntime,
+    mut env: Envelope,
+    extra: &[(&'static str, String)],
+) -> Written {
+    let key = session.req_header().headers.get(&vendor.key_header);
+    Secrets::of(key, vendor.cfg.key.scheme.as_deref()).envelope(&mut env);
+    let status = env.status();
+    ctx.answered(status, Some(&env));
+    let body = Bytes::from(env.to_json());
+    let mut h = ResponseHeader::build(status, Some(8))?;
+    h.insert_header("content-type", "application/json")?;
+    h.insert_header("content-length", body.len().to_string())?;
+    h.insert_header("cache-control", "no-store")?;
+    for (k, v) in env.headers() {
+        h.insert_header(k, v)?;
+    }
+    for (k, v) in extra {
+        h.insert_header(*k, v)?;
+    }
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// Answers before the request body was read. A small body is drained so the connection
+/// can be kept; `drain: false` (or a failed drain) closes it after the answer.
+pub async fn local(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    vendor: &VendorRuntime,
+    env: Envelope,
+    extra: &[(&'static str, String)],
+    drain: bool,
+) -> Written {
+    if !drain || session.drain_request_body().await.is_err() {
+        session.set_keepalive(None);
+    }
+    envelope(session, ctx, vendor, env, extra).await
+}
+
+/// Answers a failure with its canonical envelope; `Err` when nobody is left to answer.
+pub async fn failure(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    vendor: &VendorRuntime,
+    failure: Failure,
+) -> Written {
+    let state = AttemptState {
+        sent: ctx.attempt.sent,
+        idempotent: ctx.request.idempotent,
+    };
+    let Some((code, message)) = failure.rescue(state) else {
+        ctx.answer.client_gone = true;
+        return Err(failure.into_pingora());
+    };
+    if matches!(failure, Failure::TooLarge(_) | Failure::Smuggling) {
+        // The rest of the body is unread (or unframed): the connection cannot carry on.
+        session.set_keepalive(None);
+    }
+    let env = Envelope::proxy(code, message, &vendor.cfg.name, &ctx.request.id)
+        .with_attempts(ctx.attempt.made);
+    envelope(session, ctx, vendor, env, &[]).await
+}
+
+fn downstream_header(mut resp: ResponseHeader, ctx: &Ctx) -> Box<ResponseHeader> {
+    headers::strip_response_hop_by_hop(&mut resp);
+    let _ = resp.insert_header(headers::X_REQUEST_ID, &ctx.request.id);
+    Box::new(resp)
+}
+
+/// Streams a vendor response through unbuffered, framing as the vendor sent it.
+pub async fn stream(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    up: &mut UpstreamSession,
+    resp: ResponseHeader,
+) -> Written {
+    let status = resp.status.as_u16();
+    let done = up.response_done();
+    session
+        .write_response_header(downstream_header(resp, ctx), done)
+        .await?;
+    ctx.answered(status, None);
+    if done {
+        return session.finish_body().await;
+    }
+    copy_body(session, ctx, up).await
+}
+
+/// Sends a 2xx that was inspected and found fine: every byte read for the inspection, then
+/// the rest of the vendor's body as it comes. Framing headers are the vendor's own.
+pub async fn inspected(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    up: &mut UpstreamSession,
+    resp: ResponseHeader,
+    prefix: Prefix,
+) -> Written {
+    let status = resp.status.as_u16();
+    ctx.answered(status, None);
+    session
+        .write_response_header(downstream_header(resp, ctx), false)
+        .await?;
+    if !prefix.bytes.is_empty() {
+        session
+            .write_response_body(Some(prefix.bytes), false)
+            .await?;
+    }
+    if let Some(e) = prefix.error {
+        tracing::warn!(request_id = %ctx.request.id, error = %e, "vendor failed mid-response; cutting the stream");
+        return Err(e);
+    }
+    if prefix.complete {
+        return session.finish_body().await;
+    }
+    copy_body(session, ctx, up).await
+}
+
+/// Copies the rest of the vendor's body to the app, chunk by chunk.
+async fn copy_body(session: &mut Session, ctx: &Ctx, up: &mut UpstreamSession) -> Written {
+    loop {
+        match up.read_response_body().await {
+            Ok(Some(chunk)) => session.write_response_body(Some(chunk), false).await?,
+            Ok(None) => return session.finish_body().await,
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.request.id, error = %e, "vendor failed mid-response; cutting the stream");
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// An error for the access log when the app went away before any answer.
+pub fn client_gone() -> Box<Error> {
+    Error::explain(
+        pingora::ErrorType::ConnectionClosed,
+        "the client went away before an answer",
+    )
+}
