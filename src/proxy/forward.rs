@@ -341,7 +341,7 @@ impl Forwarder {
         let profile = &cfg.dialect;
         // Normalised 429s pause below, by canonical code (a 429 is not always a rate limit).
         let raw_429 = status == 429 && cfg.passthrough_errors;
-        if raw_429 || hints::exhausted(&resp.headers) {
+        if raw_429 || hints::exhausted(&resp.headers, profile) {
             let hint = hints::hint(&resp.headers, profile, SystemTime::now());
             vendor
                 .limits
