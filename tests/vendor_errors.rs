@@ -342,3 +342,29 @@ default: { status: 200, json: { ok: true }, headers: { x-acme-remaining: "0", x-
         assert_eq!(s.hits(), n);
     }
 }
+
+/// SPEC §5 through the proxy: a 429 whose code says the account is out of credit is
+/// `insufficient_credits` even though the profile has a status-only 429 rule — answered at
+/// once (no retry) and pausing nothing (the key's next request reaches the vendor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_out_of_credit_is_not_retried_and_pauses_nothing() {
+    let scenario = "default: { status: 429, json: { success: false, error: { code: quota_exceeded, message: Insufficient credits } } }\n";
+    let extra = "    limits: [ { rate: 300, per: 1m } ]\n    retry: { max_attempts: 3 }\n";
+    let (s, _sb, addr) = proxied("agent_platform", scenario, extra, &[]).await;
+    let get_agents = request(
+        "GET",
+        "/v1/agents",
+        &[("authorization", "Bearer sk_live_credit")],
+        None,
+    );
+    for n in 1..=2 {
+        let r = send(addr, &get_agents).await;
+        assert_eq!(r.status, 402, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["error"]["code"], "insufficient_credits");
+        assert_eq!(v["error"]["retryable"], false);
+        assert_eq!(v["error"]["attempts"], 1);
+        assert_eq!(v["error"]["upstream"]["status"], 429);
+        assert_eq!(s.hits(), n, "one attempt each, and no pause");
+    }
+}
