@@ -164,6 +164,21 @@ fn the_readme_profile_example_works() {
     ));
     assert_eq!(v["error"]["code"], "consent_required");
 
+    // The vendor's code beats the status-only 503 rule (SPEC §5); an unknown code does not.
+    let capture = b"HTTP/1.1 503 Service Unavailable\n\n{\"error\":{\"code\":\"THROTTLED\",\"message\":\"Slow down\"}}";
+    let (_, _, v) = printed(&run(
+        &["--vendor", "acme", "--profiles", profiles, "-"],
+        capture,
+    ));
+    assert_eq!(v["error"]["code"], "rate_limited");
+    let capture = b"HTTP/1.1 503 Service Unavailable\n\n{\"error\":{\"code\":\"DOWN\",\"message\":\"Slow down\"}}";
+    let (_, _, v) = printed(&run(
+        &["--vendor", "acme", "--profiles", profiles, "-"],
+        capture,
+    ));
+    assert_eq!(v["error"]["code"], "upstream_unavailable");
+    assert_eq!(v["error"]["retry_after_s"], 30);
+
     let (status, _, v) = printed(&run(
         &[
             "--vendor",

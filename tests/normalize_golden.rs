@@ -175,6 +175,27 @@ fn seed_traps() {
     let v = case("agent_platform", "name_in_use");
     assert_eq!(v["body"]["error"]["code"], "conflict");
     assert_eq!(v["body"]["error"]["upstream"]["request_id"], "req_abc123");
+    // SPEC §5: the vendor's code beats a status-only rule — a 429 out of credit is not a
+    // rate limit (not retried, pauses nothing), in both profiles that have a 429 rule.
+    for (vendor, case_name) in [
+        ("agent_platform", "quota_exceeded_429"),
+        ("line_platform", "insufficient_credits_429"),
+    ] {
+        let v = case(vendor, case_name);
+        assert_eq!(
+            v["body"]["error"]["code"], "insufficient_credits",
+            "{vendor}"
+        );
+        assert_eq!(v["body"]["error"]["retryable"], false, "{vendor}");
+        assert_eq!(v["unprocessed"], Value::Null, "{vendor}");
+    }
+    // ...and the status-only rule still decides a code the map does not know.
+    let v = case("agent_platform", "rate_limited_unknown_code");
+    assert_eq!(v["body"]["error"]["code"], "rate_limited");
+    assert_eq!(v["unprocessed"], true);
+    // A 409 with the seed's validation_error code is a conflict whatever the message.
+    let v = case("agent_platform", "duplicate_resource");
+    assert_eq!(v["body"]["error"]["code"], "conflict");
     // TryVox details survive as {field, reason}.
     let v = case("tryvox", "validation_failed");
     assert_eq!(

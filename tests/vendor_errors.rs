@@ -1,7 +1,7 @@
 //! End-to-end tests of error normalisation in the proxy: every seed example sent by the
 //! simulator through the real binary must come out as its golden envelope; plus the paths
 //! the golden tests cannot see (gzip on the wire, bodies past the buffer cap, passthrough,
-//! errors inside 2xx bodies, vendors without a profile).
+//! errors inside 2xx bodies, vendors without a profile, a profile's remaining-quota header).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -285,4 +285,86 @@ async fn errors_reported_inside_2xx_bodies_become_envelopes() {
     let r = get(local(port), "/v1/other").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["messages"][0]["status"], "failed");
+}
+
+/// A profile's `remaining_header` drives the adaptive pause: a 200 saying `x-acme-remaining: 0`
+/// pauses that key until the reset, and the common `X-RateLimit-Remaining` is not read for a
+/// profile that names its own header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profiles_remaining_header_pauses_the_key() {
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::write(
+        profiles.path().join("acme.yaml"),
+        "name: acme\nfields: { code: [/error/code], message: [/error/message] }\nrate_limit:\n  reset: { header: x-acme-reset, kind: delta }\n  remaining_header: x-acme-remaining\n",
+    )
+    .unwrap();
+    let s = sim_in(
+        profiles.path(),
+        "acme",
+        r#"rules:
+  - match: { path_prefix: /v1/generic }
+    steps: [ { status: 200, json: { ok: true }, headers: { x-ratelimit-remaining: "0", x-ratelimit-reset: "30" } } ]
+default: { status: 200, json: { ok: true }, headers: { x-acme-remaining: "0", x-acme-reset: "30" } }
+"#,
+    )
+    .await;
+    let port = free_port();
+    let _sb = Sb::start_in(
+        &vendor_yaml(
+            "acme",
+            port,
+            &format!("http://{}", s.addr()),
+            "    profile: acme\n    limits: [ { rate: 300, per: 1m } ]\n",
+        ),
+        profiles.path(),
+    );
+    let get_as = |key: &str, path: &str| {
+        let auth = format!("Bearer {key}");
+        request("GET", path, &[("authorization", auth.as_str())], None)
+    };
+
+    let r = send(local(port), &get_as("sk_a", "/v1/calls")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.hits(), 1);
+    let paused = send(local(port), &get_as("sk_a", "/v1/calls")).await;
+    assert_eq!(paused.status, 429, "{}", paused.text());
+    let v = paused.json();
+    assert_eq!(v["error"]["code"], "rate_limited");
+    assert_eq!(v["error"]["source"], "proxy");
+    let ra: u64 = paused.header("retry-after").unwrap().parse().unwrap();
+    assert!((28..=30).contains(&ra), "retry-after {ra}");
+    assert_eq!(s.hits(), 1, "the paused key must not reach the vendor");
+
+    // The common header, on a vendor whose profile names its own, pauses nothing.
+    for n in 2..=3 {
+        let r = send(local(port), &get_as("sk_b", "/v1/generic")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(s.hits(), n);
+    }
+}
+
+/// SPEC §5 through the proxy: a 429 whose code says the account is out of credit is
+/// `insufficient_credits` even though the profile has a status-only 429 rule — answered at
+/// once (no retry) and pausing nothing (the key's next request reaches the vendor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_out_of_credit_is_not_retried_and_pauses_nothing() {
+    let scenario = "default: { status: 429, json: { success: false, error: { code: quota_exceeded, message: Insufficient credits } } }\n";
+    let extra = "    limits: [ { rate: 300, per: 1m } ]\n    retry: { max_attempts: 3 }\n";
+    let (s, _sb, addr) = proxied("agent_platform", scenario, extra, &[]).await;
+    let get_agents = request(
+        "GET",
+        "/v1/agents",
+        &[("authorization", "Bearer sk_live_credit")],
+        None,
+    );
+    for n in 1..=2 {
+        let r = send(addr, &get_agents).await;
+        assert_eq!(r.status, 402, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["error"]["code"], "insufficient_credits");
+        assert_eq!(v["error"]["retryable"], false);
+        assert_eq!(v["error"]["attempts"], 1);
+        assert_eq!(v["error"]["upstream"]["status"], 429);
+        assert_eq!(s.hits(), n, "one attempt each, and no pause");
+    }
 }

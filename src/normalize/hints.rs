@@ -1,5 +1,6 @@
 //! Retry hints from response headers: `Retry-After` (seconds or HTTP-date) and
-//! `X-RateLimit-Reset`-style headers (epoch seconds, or a delta, per profile).
+//! `X-RateLimit-Reset`-style headers (epoch seconds, or a delta, per profile); and whether a
+//! remaining-quota header says the key has nothing left (the profile's, else the common ones).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -83,14 +84,24 @@ const REMAINING_HEADERS: [http::HeaderName; 3] = [
 ];
 
 /// The vendor says this key has no requests left in its window (`remaining: 0`).
-pub fn exhausted(headers: &HeaderMap) -> bool {
-    REMAINING_HEADERS.iter().any(|h| {
+///
+/// A profile that names `rate_limit.remaining_header` is read from that header only: the
+/// vendor's count lives there, and a common-looking header on the same response may count
+/// something else (another window, a downstream service) — a false "0" would pause a key
+/// that still has quota. Profiles that name none (and the generic profile) read the common
+/// names.
+pub fn exhausted(headers: &HeaderMap, profile: &Profile) -> bool {
+    let zero = |h: &http::HeaderName| {
         headers
             .get(h)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<f64>().ok())
             .is_some_and(|n| n <= 0.0)
-    })
+    };
+    match &profile.remaining_header {
+        Some(h) => zero(h),
+        None => REMAINING_HEADERS.iter().any(zero),
+    }
 }
 
 #[cfg(test)]
@@ -122,11 +133,38 @@ mod tests {
 
     #[test]
     fn exhaustion() {
-        assert!(exhausted(&h("x-ratelimit-remaining", "0")));
-        assert!(exhausted(&h("ratelimit-remaining", " 0 ")));
-        assert!(!exhausted(&h("x-ratelimit-remaining", "12")));
-        assert!(!exhausted(&h("x-ratelimit-remaining", "none")));
-        assert!(!exhausted(&HeaderMap::new()));
+        let p = Profile::generic();
+        assert!(exhausted(&h("x-ratelimit-remaining", "0"), &p));
+        assert!(exhausted(&h("ratelimit-remaining", " 0 "), &p));
+        assert!(exhausted(&h("x-rate-limit-remaining", "0"), &p));
+        assert!(!exhausted(&h("x-ratelimit-remaining", "12"), &p));
+        assert!(!exhausted(&h("x-ratelimit-remaining", "none"), &p));
+        assert!(!exhausted(&HeaderMap::new(), &p));
+    }
+
+    fn acme() -> Profile {
+        let doc = serde_json::json!({
+            "name": "acme",
+            "rate_limit": { "remaining_header": "X-Acme-Remaining" },
+        });
+        match Profile::compile(&doc) {
+            Ok(p) => p,
+            Err(e) => panic!("test profile: {e:?}"),
+        }
+    }
+
+    #[test]
+    fn a_profile_names_its_remaining_header() {
+        let p = acme();
+        assert!(exhausted(&h("x-acme-remaining", "0"), &p));
+        assert!(!exhausted(&h("x-acme-remaining", "3"), &p));
+        // The profile names the vendor's header: the common names are not read for it.
+        assert!(!exhausted(&h("x-ratelimit-remaining", "0"), &p));
+        let mut both = h("x-acme-remaining", "5");
+        both.insert("x-ratelimit-remaining", http::HeaderValue::from_static("0"));
+        assert!(!exhausted(&both, &p));
+        // And the generic profile does not read a vendor's own header.
+        assert!(!exhausted(&h("x-acme-remaining", "0"), &Profile::generic()));
     }
 
     #[test]

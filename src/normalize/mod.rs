@@ -198,15 +198,7 @@ fn build(
     };
     let message_lower = extracted.message.as_deref().unwrap_or("").to_lowercase();
     let vcode = extracted.code.as_deref();
-    let mapping = profile
-        .rules
-        .iter()
-        .find(|r| {
-            r.matcher
-                .matches(resp.status, vcode, &message_lower, resp.path)
-        })
-        .map(|r| r.mapping)
-        .or_else(|| vcode.and_then(|c| profile.codes.get(c).copied()));
+    let mapping = profile.mapping(resp.status, vcode, &message_lower, resp.path);
     let code = match (forced, mapping) {
         (Some(c), _) => c,
         (_, Some(m)) => m.code,
@@ -336,6 +328,93 @@ mod tests {
         let s = body.as_str().unwrap_or("");
         assert!(s.len() < MAX_KEPT_BODY + 200);
         assert!(s.contains("truncated by switchboard"));
+    }
+
+    /// A profile with every precedence tier: a status-only 429 rule listed first, a code map
+    /// entry for `insufficient_quota`, and a rule naming a vendor code listed last.
+    fn tiered() -> Profile {
+        let doc = serde_json::json!({
+            "name": "tiers",
+            "fields": { "code": ["/error/code"], "message": ["/error/message"] },
+            "rules": [
+                { "match": { "status": 429 }, "code": "rate_limited", "unprocessed": true },
+                { "match": { "status": 429 }, "code": "upstream_unavailable" },
+                { "match": { "message": ["hold on"] }, "code": "upstream_unavailable" },
+                { "match": { "status": 429, "vendor_code": "insufficient_quota",
+                             "message": ["trial"] }, "code": "permission_denied" },
+            ],
+            "codes": [
+                { "vendor": "insufficient_quota", "code": "insufficient_credits",
+                  "retryable": false },
+                { "vendor": "slow_down", "code": "rate_limited" },
+            ],
+        });
+        match Profile::compile(&doc) {
+            Ok(p) => p,
+            Err(e) => panic!("test profile: {e:?}"),
+        }
+    }
+
+    fn with(profile: &Profile, status: u16, code: &str, message: &str) -> Normalized {
+        let body = serde_json::json!({ "error": { "code": code, "message": message } });
+        let body = body.to_string();
+        let headers = HeaderMap::new();
+        let resp = VendorResponse {
+            status,
+            headers: &headers,
+            body: body.as_bytes(),
+            truncated: false,
+            path: "/",
+        };
+        normalize(profile, "v", "sb-1", &resp, SystemTime::now())
+    }
+
+    #[test]
+    fn the_code_map_beats_a_rule_on_the_status_alone() {
+        let n = with(
+            &tiered(),
+            429,
+            "insufficient_quota",
+            "You exceeded your quota",
+        );
+        assert_eq!(n.envelope.error.code, Code::InsufficientCredits);
+        assert!(!n.envelope.error.retryable);
+        // The status rule's `unprocessed` is not borrowed by the code that won.
+        assert_eq!(n.unprocessed, None);
+    }
+
+    #[test]
+    fn a_status_rule_decides_when_the_code_is_unknown() {
+        let n = with(&tiered(), 429, "mystery", "Too many requests");
+        assert_eq!(n.envelope.error.code, Code::RateLimited);
+        assert_eq!(
+            n.unprocessed,
+            Some(true),
+            "the first status rule, in file order"
+        );
+    }
+
+    #[test]
+    fn rules_naming_the_vendor_beat_the_code_map() {
+        // Listed after the status rules, still tried first: it names the vendor's code.
+        let n = with(&tiered(), 429, "insufficient_quota", "Your trial has ended");
+        assert_eq!(n.envelope.error.code, Code::PermissionDenied);
+        // A message-only rule beats the map's entry for the code.
+        let n = with(&tiered(), 429, "slow_down", "Hold on a moment");
+        assert_eq!(n.envelope.error.code, Code::UpstreamUnavailable);
+        // Without the message the map decides.
+        let n = with(&tiered(), 429, "slow_down", "Too many requests");
+        assert_eq!(
+            (n.envelope.error.code, n.unprocessed),
+            (Code::RateLimited, None)
+        );
+    }
+
+    #[test]
+    fn nothing_matching_leaves_it_to_the_generic_detector() {
+        let n = with(&tiered(), 404, "mystery", "No such call");
+        assert_eq!(n.envelope.error.code, Code::NotFound);
+        assert_eq!(n.unprocessed, None);
     }
 
     #[test]

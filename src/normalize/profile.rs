@@ -15,15 +15,30 @@
 //! codes:                                   # vendor code -> canonical code
 //!   - { vendor: RATE_LIMITED, code: rate_limited, unprocessed: true }
 //!   - { vendor: DELIVERY_FAILED, code: delivery_failed, retryable: false }
-//! rules:                                   # tried before `codes`, first match wins
-//!   - { match: { status: [409] }, code: conflict }
+//! rules:                                   # see "Precedence" below
 //!   - { match: { message: [already in use] }, code: conflict }
+//!   - { match: { status: [409] }, code: conflict }
 //!   - { match: { status: [503] }, code: upstream_unavailable, retry_after: 30s }
 //! success_errors:                          # 2xx bodies that are really errors
 //!   - { match: { status: [200], path_prefix: [/v1/messages] }, pointer: /status,
 //!       equals: [failed, undelivered], code: delivery_failed }
 //! examples: [...]                          # documented responses (simulator, golden tests)
 //! ```
+//!
+//! Precedence (SPEC §5), most specific first — see [`Profile::mapping`]:
+//! 1. rules that name the vendor's code or message (`vendor_code` and/or `message` in
+//!    `match`, with or without `status` / `path_prefix`);
+//! 2. the `codes` map;
+//! 3. rules on the status (and path) alone;
+//! 4. nothing: the generic detector decides.
+//!
+//! Within a tier the first matching rule in file order wins. So a vendor's own code beats a
+//! rule on its status: with a `status: 429` rule and `quota_exceeded` in `codes`, a 429 saying
+//! `quota_exceeded` is `insufficient_credits` (not retried, pauses nothing), and the status
+//! rule still decides a 429 whose code the map does not know.
+//!
+//! `rate_limit.remaining_header`, when named, is the only header read for "no requests left"
+//! (see [`super::hints::exhausted`]); without it the common `X-RateLimit-Remaining` names are.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -82,6 +97,12 @@ pub struct Matcher {
 }
 
 impl Matcher {
+    /// Whether the rule names the vendor's code or message: such rules are tried before the
+    /// `codes` map, the others (status and path alone) after it.
+    pub fn names_vendor(&self) -> bool {
+        !self.vendor_code.is_empty() || !self.message.is_empty()
+    }
+
     /// Whether the rule applies.
     pub fn matches(
         &self,
@@ -158,9 +179,9 @@ pub struct Profile {
     pub request_id_headers: Vec<HeaderName>,
     /// Reset header.
     pub reset: Option<ResetHeader>,
-    /// Remaining-requests header (read by the limiter's adaptive pause).
+    /// Remaining-requests header: when set, the only one the adaptive pause reads.
     pub remaining_header: Option<HeaderName>,
-    /// Rules, first match wins.
+    /// Rules in file order; [`Profile::mapping`] tries them in two tiers around `codes`.
     pub rules: Vec<Rule>,
     /// Vendor code map.
     pub codes: HashMap<String, Mapping>,
@@ -200,6 +221,29 @@ impl Profile {
             Some(profile) if p.0.is_empty() => Ok(profile),
             _ => Err(p.0.into_iter().map(|x| (x.path, x.message)).collect()),
         }
+    }
+
+    /// What the profile says about a vendor error, by SPEC §5's precedence: rules naming the
+    /// vendor's code or message, then the `codes` map, then rules on the status alone (first
+    /// match in file order within each tier). `None` leaves it to the generic detector.
+    /// `message_lower` is the vendor message, lowercased.
+    pub fn mapping(
+        &self,
+        status: u16,
+        code: Option<&str>,
+        message_lower: &str,
+        path: &str,
+    ) -> Option<Mapping> {
+        let rule = |specific: bool| {
+            self.rules
+                .iter()
+                .filter(|r| r.matcher.names_vendor() == specific)
+                .find(|r| r.matcher.matches(status, code, message_lower, path))
+                .map(|r| r.mapping)
+        };
+        rule(true)
+            .or_else(|| code.and_then(|c| self.codes.get(c).copied()))
+            .or_else(|| rule(false))
     }
 
     /// Whether a 2xx response to this path may be an error (so its body must be read).

@@ -369,7 +369,7 @@ impl Exchange {
         // Normalised 429s pause in the loop, by the vendor's stated facts (a 429 is not
         // always a rate limit); passed-through ones by their status alone.
         let raw_429 = status == 429 && cfg.passthrough_errors;
-        if raw_429 || hints::exhausted(&resp.headers) {
+        if raw_429 || hints::exhausted(&resp.headers, profile) {
             let hint = hints::hint(&resp.headers, profile, SystemTime::now());
             let (key, ep) = (ctx.route.limit_key, ctx.route.endpoint);
             vendor.limits.vendor_said(key, ep, raw_429, hint);
