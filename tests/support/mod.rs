@@ -450,9 +450,10 @@ pub async fn proxied(
 /// `/metrics` once every one of `requests` answered requests is counted in
 /// `switchboard_requests_total`. Pingora runs the logging hook (which counts a request by its
 /// final status) after the response is written, so a test that reads metrics right after
-/// its last response can get there first.
+/// its last response can get there first. Panics with the last scrape when they are not all
+/// counted within [`WAIT`].
 pub async fn metrics_settled(admin: SocketAddr, requests: u64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + WAIT;
     loop {
         let text = get(admin, "/metrics").await.text();
         let counted: f64 = text
@@ -460,9 +461,13 @@ pub async fn metrics_settled(admin: SocketAddr, requests: u64) -> String {
             .filter(|l| l.starts_with("switchboard_requests_total{"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum();
-        if counted >= requests as f64 || Instant::now() > deadline {
+        if counted >= requests as f64 {
             return text;
         }
+        assert!(
+            Instant::now() < deadline,
+            "waited {WAIT:?} for {requests} requests in switchboard_requests_total, {counted} counted; last /metrics:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
