@@ -24,7 +24,7 @@ fn post(path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
 }
 
 fn metric(text: &str, line_start: &str) -> f64 {
-    support::metric(text, line_start).unwrap_or(0.0)
+    support::metric(text, line_start).unwrap_or_else(|| panic!("no metric {line_start}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,7 +229,8 @@ async fn shutdown_answers_waiting_retries() {
     let scenario = "default: { status: 503, headers: { retry-after: \"20\" } }\n";
     let (s, mut sb, addr) = pair("tryvox", scenario, "").await;
     let waiting = tokio::spawn(async move { get(addr, "/v1/numbers").await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Held for its retry (the vendor said come back in 20 s).
+    until_metric(sb.admin, "switchboard_queue_depth{vendor=\"tryvox\"}", 1.0).await;
     assert_eq!(s.hits(), 1);
     let start = Instant::now();
     sb.signal("TERM");
@@ -273,8 +274,11 @@ async fn a_connection_the_vendor_closed_while_idle_is_not_reused() {
     for round in 0..3 {
         let r = send(addr, &post("/v1/calls", &[], body)).await;
         assert_eq!(r.status, 201, "round {round}: {}", r.text());
-        // Longer than the vendor's idle close: the pooled connection is dead by now.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The vendor closes the pooled connection once it idles 100 ms: wait until it has.
+        until("the vendor's idle close", WAIT, || {
+            (s.closed() > round).then_some(())
+        })
+        .await;
     }
     assert_eq!(
         s.requests().len(),

@@ -9,6 +9,7 @@
 
 pub mod dialect;
 pub mod scenario;
+pub mod upgrade;
 
 pub use dialect::Dialect;
 pub use scenario::{pattern_body, Action, Scenario, Step};
@@ -60,6 +61,8 @@ struct State {
     counters: Mutex<Vec<u32>>,
     log: Mutex<Vec<Recorded>>,
     connections: AtomicUsize,
+    /// Connections that ended (the simulator's side is closed).
+    closed: AtomicUsize,
     /// Accepted request times per (limit, key), for the scenario's rate limits.
     windows: Mutex<std::collections::HashMap<(usize, String), std::collections::VecDeque<Instant>>>,
     /// Requests answered over a limit.
@@ -110,6 +113,7 @@ impl Simulator {
             dialect,
             log: Mutex::new(Vec::new()),
             connections: AtomicUsize::new(0),
+            closed: AtomicUsize::new(0),
             windows: Mutex::new(std::collections::HashMap::new()),
             limited: AtomicUsize::new(0),
             quiet,
@@ -124,16 +128,18 @@ impl Simulator {
                 let st = st.clone();
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
+                    // `serve_conn` owns the stream: when it returns, the socket is closed.
                     match acceptor {
                         None => {
-                            let _ = serve_conn(stream, st).await;
+                            let _ = serve_conn(stream, st.clone()).await;
                         }
                         Some(a) => {
                             if let Ok(tls) = a.accept(stream).await {
-                                let _ = serve_conn(tls, st).await;
+                                let _ = serve_conn(tls, st.clone()).await;
                             }
                         }
                     }
+                    st.closed.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
@@ -163,6 +169,11 @@ impl Simulator {
     /// How many connections were accepted (to see upstream keep-alive at work).
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// How many connections have ended, closed by either side (e.g. by `idle_close`).
+    pub fn closed(&self) -> usize {
+        self.state.closed.load(Ordering::SeqCst)
     }
 }
 
@@ -276,6 +287,7 @@ async fn serve_conn<S: Conn>(mut stream: S, st: Arc<State>) -> std::io::Result<(
                 stream.shutdown().await?;
                 return Ok(());
             }
+            Action::Upgrade => return upgrade_and_echo(stream, buf, &head, &step).await,
             Action::Respond | Action::Truncate => {}
         }
         let (status, headers, body) = build_response(&st, &step, &rec);
@@ -312,6 +324,52 @@ async fn serve_conn<S: Conn>(mut stream: S, st: Arc<State>) -> std::io::Result<(
             return Ok(());
         }
         if head.close {
+            return Ok(());
+        }
+    }
+}
+
+/// Answers 101 and turns the connection into an echo of raw bytes. Bytes the peer sent
+/// right behind the request head (already in `buf`) are echoed first.
+async fn upgrade_and_echo<S: Conn>(
+    mut stream: S,
+    mut buf: BytesMut,
+    head: &Head,
+    step: &Step,
+) -> std::io::Result<()> {
+    let header = |name: &str| {
+        head.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let protocol = header("upgrade").unwrap_or("websocket");
+    let mut out = Vec::with_capacity(256);
+    let _ = write!(
+        out,
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: {protocol}\r\nconnection: Upgrade\r\n"
+    );
+    if let Some(key) = header("sec-websocket-key") {
+        let _ = write!(
+            out,
+            "sec-websocket-accept: {}\r\n",
+            upgrade::websocket_accept(key)
+        );
+    }
+    for (k, v) in &step.headers {
+        let _ = write!(out, "{k}: {}\r\n", dialect::expand(v));
+    }
+    out.extend_from_slice(b"\r\n");
+    stream.write_all(&out).await?;
+    loop {
+        if !buf.is_empty() {
+            stream.write_all(&buf).await?;
+            stream.flush().await?;
+            buf.clear();
+        }
+        buf.reserve(16 * 1024);
+        if stream.read_buf(&mut buf).await? == 0 {
+            stream.shutdown().await?;
             return Ok(());
         }
     }

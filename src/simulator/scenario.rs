@@ -37,6 +37,10 @@ pub enum Action {
     Garbage,
     /// Send the header and half the body, then reset.
     Truncate,
+    /// Answer `101 Switching Protocols` (the request's `Upgrade` protocol, and for a
+    /// WebSocket the `Sec-WebSocket-Accept` its key calls for; the step's `headers` are
+    /// added), then echo every byte the peer sends, unchanged, until it closes.
+    Upgrade,
 }
 
 /// One scripted response.

@@ -447,14 +447,13 @@ pub async fn proxied(
     (s, sb, local(port))
 }
 
-/// The value of the first `/metrics` line starting with `line_start` (labels in Prometheus'
-/// sorted order), if any.
 /// `/metrics` once every one of `requests` answered requests is counted in
 /// `switchboard_requests_total`. Pingora runs the logging hook (which counts a request by its
 /// final status) after the response is written, so a test that reads metrics right after
-/// its last response can get there first.
+/// its last response can get there first. Panics with the last scrape when they are not all
+/// counted within [`WAIT`].
 pub async fn metrics_settled(admin: SocketAddr, requests: u64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + WAIT;
     loop {
         let text = get(admin, "/metrics").await.text();
         let counted: f64 = text
@@ -462,16 +461,57 @@ pub async fn metrics_settled(admin: SocketAddr, requests: u64) -> String {
             .filter(|l| l.starts_with("switchboard_requests_total{"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum();
-        if counted >= requests as f64 || Instant::now() > deadline {
+        if counted >= requests as f64 {
             return text;
         }
+        assert!(
+            Instant::now() < deadline,
+            "waited {WAIT:?} for {requests} requests in switchboard_requests_total, {counted} counted; last /metrics:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
+/// The value of the first `/metrics` line starting with `line_start` (labels in Prometheus'
+/// sorted order), if any.
 pub fn metric(text: &str, line_start: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(line_start))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// How long [`until`] and [`until_metric`] wait before failing the test. Generous: it is only
+/// reached when the awaited state never comes, and the machine running the tests may be busy.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Polls `check` every 10 ms until it returns `Some`, and returns that. Panics naming `what`
+/// once `limit` passes without it: a state a test waits for that never comes is a failure,
+/// not something to carry on past.
+pub async fn until<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "waited {limit:?} for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `/metrics` once the series starting with `line_start` has the value `want`. Panics with
+/// the last scrape when it does not get there within [`WAIT`].
+pub async fn until_metric(admin: SocketAddr, line_start: &str, want: f64) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = get(admin, "/metrics").await.text();
+        if metric(&text, line_start) == Some(want) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited {WAIT:?} for {line_start} to be {want}; last /metrics:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
