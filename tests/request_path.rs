@@ -1,0 +1,330 @@
+//! The request path's promises that a careful operator tried and found broken, each end to
+//! end through the real binary: inspected 2xx bodies arrive byte for byte whatever their
+//! size and chunking; a POST is repeated only on what the vendor stated, never on a
+//! message's wording; the deadline bounds the attempts themselves; the request's key never
+//! comes back in an envelope nor a query string in Pingora's log; the retry budget is spent
+//! only by retries that are sent.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A 2xx body of `n` bytes that the `sms_gateway` profile inspects and finds fine: valid
+/// JSON opening with a queued message, then a long field whose bytes are position-dependent,
+/// so a lost, repeated or reordered stretch cannot go unnoticed.
+fn queued_body(n: usize) -> Vec<u8> {
+    let head = br#"{"messages":[{"status":"queued","id":"m1"}],"pad":""#;
+    let tail = br#""}"#;
+    let mut b = head.to_vec();
+    let mut x: u32 = 2_463_534_242;
+    while b.len() < n - tail.len() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        b.push(b"abcdefghijklmnopqrstuvwxyz0123456789"[(x % 36) as usize]);
+    }
+    b.extend_from_slice(tail);
+    b
+}
+
+/// Odd write sizes, so no chunk boundary lines up with the inspection cap or a buffer.
+const PIECES: [usize; 7] = [1, 7, 4093, 65_537, 99_991, 12_345, 31];
+
+/// A vendor written by hand for exact framing: answers every request on a connection with
+/// `queued_body(size)`, where the path is `/v1/messages/<size>/<cl|chunked>`, written in
+/// [`PIECES`]-sized writes (as chunks of those sizes when chunked).
+async fn framing_vendor() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve_framed(stream));
+        }
+    });
+    addr
+}
+
+async fn serve_framed(mut s: TcpStream) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end + 4);
+        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let size: usize = parts.get(2).and_then(|p| p.parse().ok()).unwrap_or(10);
+        let chunked = parts.get(3) == Some(&"chunked");
+        let body = queued_body(size);
+        let framing = if chunked {
+            "Transfer-Encoding: chunked".to_string()
+        } else {
+            format!("Content-Length: {}", body.len())
+        };
+        let head =
+            format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{framing}\r\n\r\n");
+        if s.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let mut at = 0;
+        let mut i = 0;
+        while at < body.len() {
+            let n = PIECES[i % PIECES.len()].min(body.len() - at);
+            let piece = &body[at..at + n];
+            let out = if chunked {
+                let mut c = format!("{n:x}\r\n").into_bytes();
+                c.extend_from_slice(piece);
+                c.extend_from_slice(b"\r\n");
+                c
+            } else {
+                piece.to_vec()
+            };
+            if s.write_all(&out).await.is_err() {
+                return;
+            }
+            s.flush().await.ok();
+            at += n;
+            i += 1;
+        }
+        if chunked && s.write_all(b"0\r\n\r\n").await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspected_2xx_bodies_arrive_byte_for_byte_at_any_size_and_chunking() {
+    let vendor = framing_vendor().await;
+    let profiles = root().join("tests/fixtures/profiles");
+    let port = free_port();
+    let _sb = Sb::start_in(
+        &vendor_yaml(
+            "sms_gateway",
+            port,
+            &format!("http://{vendor}"),
+            "    profile: sms_gateway\n",
+        ),
+        &profiles,
+    );
+    // One connection for all: the framing must also leave keep-alive intact.
+    let mut conn = Conn::open(local(port)).await;
+    for size in [100 * 1024, 64 * 1024 + 1, 1024 * 1024, 5 * 1024 * 1024] {
+        for framing in ["cl", "chunked"] {
+            let path = format!("/v1/messages/{size}/{framing}");
+            let r = conn
+                .send(&request("POST", &path, &[], Some(b"{}")))
+                .await
+                .expect("response");
+            assert_eq!(r.status, 200, "{path}");
+            assert!(!r.truncated, "{path}: body cut short");
+            let want = queued_body(size);
+            assert_eq!(r.body.len(), want.len(), "{path}: length");
+            let first_diff = r.body.iter().zip(&want).position(|(a, b)| a != b);
+            assert_eq!(first_diff, None, "{path}: bytes differ");
+        }
+    }
+}
+
+/// A vendor 422 (and a 403) whose message merely *says* "rate limit": classified
+/// `rate_limited` for the app, but the POST is sent once and no bucket pauses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_is_not_repeated_on_rate_limit_wording() {
+    let scenario = r#"rules:
+  - match: { path_prefix: /v1/calls }
+    steps: [ { status: 422, json: { error: { code: "E1", message: "Rate limit exceeded for this destination, slow down" } } } ]
+  - match: { path_prefix: /v1/sms }
+    steps: [ { status: 403, json: { message: "throttled: too many requests" } } ]
+default: { status: 200, json: { ok: true } }
+"#;
+    let extra = "    retry: { max_attempts: 3, backoff: { base: 5ms, max: 10ms } }\n    limits: [ { rate: 100, per: 1m } ]\n";
+    // No profile: the generic detector reads the words, as for any unknown vendor.
+    let s = sim("tryvox", scenario).await;
+    let port = free_port();
+    let sb = Sb::start(&vendor_yaml(
+        "plain",
+        port,
+        &format!("http://{}", s.addr()),
+        extra,
+    ));
+    let addr = local(port);
+    let key = [("authorization", "Bearer sk_test_wording")];
+    for path in ["/v1/calls", "/v1/sms"] {
+        let before = s.hits();
+        let r = send(addr, &request("POST", path, &key, Some(b"{}"))).await;
+        let v = r.json();
+        assert_eq!(v["error"]["code"], "rate_limited", "{path}: {v}");
+        assert_eq!(v["error"]["attempts"], 1, "{path}");
+        assert_eq!(s.hits(), before + 1, "{path}: a POST sent twice on wording");
+    }
+    // No pause: the same key's next request reaches the vendor.
+    let before = s.hits();
+    let r = send(addr, &request("GET", "/v1/numbers", &key, None)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.hits(), before + 1);
+    let m = metrics_settled(sb.admin, 3).await;
+    assert_eq!(
+        metric(
+            &m,
+            "switchboard_retry_giveups_total{endpoint=\"other\",reason=\"unsafe\",vendor=\"plain\"}"
+        ),
+        Some(2.0),
+        "both answers were retriable-looking but unsafe"
+    );
+}
+
+/// The deadline bounds the attempts themselves: a silent vendor is cut at the caller's
+/// `X-Switchboard-Deadline` (and at `retry.deadline`), not after `timeouts.response`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_cuts_a_silent_attempt() {
+    let scenario = "default: { status: 200, delay: 20s, json: { late: true } }\n";
+    let extra = "    timeouts: { response: 30s }\n    retry: { deadline: 1s, backoff: { base: 5ms, max: 10ms } }\n";
+    let (s, _sb, addr) = proxied("tryvox", scenario, extra, &[]).await;
+    for (headers, limit) in [
+        (
+            vec![("x-switchboard-deadline", "300")],
+            Duration::from_millis(300),
+        ),
+        (vec![], Duration::from_secs(1)),
+    ] {
+        let started = Instant::now();
+        let r = send(addr, &request("GET", "/v1/calls/c1", &headers, None)).await;
+        let took = started.elapsed();
+        assert_eq!(r.status, 504, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["error"]["code"], "upstream_timeout");
+        assert_eq!(v["error"]["source"], "proxy");
+        assert!(v["error"]["attempts"].as_u64() >= Some(1));
+        // Behaviour, not speed: the vendor would have answered after 20 s, the response
+        // timeout is 30 s; the answer came at the deadline.
+        assert!(took >= limit, "{took:?} < {limit:?}");
+        assert!(took < Duration::from_secs(10), "answered after {took:?}");
+    }
+    let got = s.requests();
+    assert!(!got.is_empty());
+    assert!(got
+        .iter()
+        .all(|r| r.header("x-switchboard-deadline").is_none()));
+}
+
+/// A vendor that echoes the key in its message and body: the envelope carries
+/// `[redacted]` instead, in every place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_echoed_key_never_reaches_the_envelope() {
+    let secret = "sk_live_4f9Qz7TopSecret";
+    let scenario = format!(
+        r#"default:
+  status: 401
+  json:
+    error:
+      code: INVALID_API_KEY
+      message: "Invalid API key {secret}"
+      details: [ {{ field: authorization, reason: "Bearer {secret} is revoked" }} ]
+    echo: {{ authorization: "Bearer {secret}", key: "{secret}" }}
+"#
+    );
+    let (_s, _sb, addr) = proxied("tryvox", &scenario, "", &[]).await;
+    let auth = format!("Bearer {secret}");
+    let r = send(
+        addr,
+        &request(
+            "POST",
+            "/v1/calls",
+            &[("authorization", &auth)],
+            Some(b"{}"),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let text = r.text();
+    assert!(!text.contains("4f9Qz7TopSecret"), "{text}");
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "authentication_failed");
+    assert_eq!(v["error"]["message"], "Invalid API key [redacted]");
+    assert_eq!(
+        v["error"]["upstream"]["body"]["echo"]["authorization"],
+        "[redacted]"
+    );
+    assert_eq!(v["error"]["upstream"]["body"]["echo"]["key"], "[redacted]");
+    assert!(text.contains("[redacted] is revoked"), "{text}");
+}
+
+/// Pingora's own error line for a request prints its summary: with Switchboard's, the
+/// path without the query string (where keys and phone numbers travel).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pingoras_error_lines_carry_no_query_string() {
+    let scenario = "default: { status: 200, body_size: 200000, action: truncate }\n";
+    let (_s, sb, addr) = proxied("tryvox", scenario, "", &[]).await;
+    let path = "/v1/calls?api_key=QuerySecret99&to=%2B15550001234";
+    let mut c = Conn::open(addr).await;
+    // The vendor cuts the body mid-way: the stream to the app is cut, Pingora logs it.
+    let _ = c.send(&request("GET", path, &[], None)).await;
+    let log = until("Pingora's error line", WAIT, || {
+        let e = sb.stderr();
+        e.contains("GET /v1/calls").then_some(e)
+    })
+    .await;
+    assert!(!log.contains("QuerySecret99"), "{log}");
+    assert!(!log.contains("15550001234"), "{log}");
+}
+
+/// Retries stopped before they are sent (here: no rate-limit token) spend no budget: a
+/// later retry that can be sent still is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_is_spent_only_by_retries_sent() {
+    let scenario = r#"rules:
+  - match: { path_prefix: /v1/calls }
+    steps: [ { status: 503 } ]
+  - match: { path_prefix: /v1/numbers }
+    steps: [ { status: 503 }, { status: 200, json: { ok: true } } ]
+"#;
+    // Budget: 0 × requests + 1/s over 10 s = 10 retries in the window.
+    let extra = r#"    retry: { max_attempts: 2, backoff: { base: 1ms, max: 2ms }, budget: { ratio: 0, min_per_second: 1 } }
+    endpoints:
+      - { name: voice, match: { path_prefix: /v1/calls }, limits: [ { rate: 1, per: 1m, burst: 1 } ] }
+      - { name: numbers, match: { path_prefix: /v1/numbers } }
+"#;
+    let (s, sb, addr) = proxied("tryvox", scenario, extra, &[]).await;
+    for i in 0..15 {
+        let key = format!("Bearer sk_test_key_{i}");
+        let r = send(
+            addr,
+            &request("POST", "/v1/calls", &[("authorization", &key)], Some(b"{}")),
+        )
+        .await;
+        assert_eq!(r.status, 503, "{}", r.text());
+    }
+    assert_eq!(s.hits(), 15, "no retry was sent");
+    let r = send(addr, &request("GET", "/v1/numbers", &[], None)).await;
+    assert_eq!(r.status, 200, "the budget still has room: {}", r.text());
+    let m = metrics_settled(sb.admin, 16).await;
+    let series = |name: &str, ep: &str, reason: &str| {
+        metric(
+            &m,
+            &format!("{name}{{endpoint=\"{ep}\",reason=\"{reason}\",vendor=\"tryvox\"}}"),
+        )
+    };
+    assert_eq!(
+        series("switchboard_retry_giveups_total", "voice", "ratelimit"),
+        Some(15.0)
+    );
+    assert_eq!(
+        series("switchboard_retry_giveups_total", "numbers", "budget"),
+        Some(0.0)
+    );
+    assert_eq!(
+        series("switchboard_retries_total", "numbers", "unavailable"),
+        Some(1.0)
+    );
+}
