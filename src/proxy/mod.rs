@@ -233,7 +233,7 @@ impl ProxyHttp for Switchboard {
         }
         if vendor.limits.applies(ctx.endpoint) {
             if let Verdict::Reject(r) = vendor.limits.admit(ctx.limit_key, ctx.endpoint).await {
-                let (env, extra) = r.answer(name, &ctx.request_id);
+                let (env, extra) = Envelope::rate_limited_locally(&r, name, &ctx.request_id);
                 self.answer(session, ctx, env, true, &extra).await?;
                 return Ok(true);
             }
