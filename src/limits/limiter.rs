@@ -56,13 +56,17 @@ impl Limiter {
     ) -> Self {
         let plans = Plans::new(vendor_wide, per_endpoint, endpoint_names);
         let counters = Counters::new(metrics.as_ref(), endpoint_names);
-        let gauge = metrics.map(|m| m.keys);
+        let (gauge, vendor) = match metrics {
+            Some(m) => (Some(m.keys), m.vendor),
+            None => (None, String::new()),
+        };
         Limiter {
             keys: KeyTable::new(
                 max_keys,
                 plans.key_slots(),
                 plans.longest_key_window(),
                 gauge,
+                vendor,
             ),
             global: KeyState::new(plans.global_slots()),
             lines: Lines::default(),
