@@ -243,6 +243,38 @@ impl Envelope {
         }
     }
 
+    /// Switchboard's own 429, when a local limit denied (SPEC §3, §4): `rate_limited` from
+    /// the proxy with the exact `Retry-After`, plus the `X-RateLimit-Limit`, `-Remaining` and
+    /// `-Reset` headers of the bucket that denied. The limiter gives only the facts.
+    pub fn rate_limited_locally(
+        reject: &crate::limits::Reject,
+        vendor: &str,
+        request_id: &str,
+    ) -> (Self, [(&'static str, String); 3]) {
+        let whose = match reject.scope {
+            crate::limits::Scope::Key => "this API key",
+            crate::limits::Scope::Global => "all keys together",
+        };
+        let secs = reject.retry_after_s();
+        let env = Envelope::proxy(
+            Code::RateLimited,
+            format!(
+                "rate limit of {} requests per {} reached for {whose}; retry in {secs} s",
+                reject.limit,
+                humantime::format_duration(reject.per)
+            ),
+            vendor,
+            request_id,
+        )
+        .with_retry_after(Some(secs));
+        let headers = [
+            ("x-ratelimit-limit", reject.limit.to_string()),
+            ("x-ratelimit-remaining", reject.remaining().to_string()),
+            ("x-ratelimit-reset", reject.reset_s().to_string()),
+        ];
+        (env, headers)
+    }
+
     /// Sets how many upstream attempts were made.
     pub fn with_attempts(mut self, attempts: u32) -> Self {
         self.error.attempts = attempts;
@@ -376,6 +408,51 @@ mod tests {
         assert_eq!(v["request_id"], "sb-1");
         assert_eq!(e.status(), 504);
         assert!(e.headers().contains(&("retry-after", "3".to_string())));
+    }
+
+    #[test]
+    fn a_local_rate_limit_answers_429_with_its_facts_in_the_envelope_and_headers() {
+        use crate::limits::{Reject, Scope};
+        use std::time::Duration;
+        let r = Reject {
+            wait: Duration::from_millis(8_571),
+            limit: 10,
+            per: Duration::from_secs(60),
+            scope: Scope::Key,
+        };
+        let (e, extra) = Envelope::rate_limited_locally(&r, "tryvox", "sb-2");
+        assert_eq!(e.status(), 429);
+        assert_eq!(e.error.code, Code::RateLimited);
+        assert_eq!(e.error.source, Source::Proxy);
+        assert!(e.error.retryable);
+        assert_eq!(e.error.retry_after_s, Some(9), "rounded up");
+        assert_eq!(
+            e.error.message,
+            "rate limit of 10 requests per 1m reached for this API key; retry in 9 s"
+        );
+        assert_eq!(
+            (e.error.vendor.as_str(), e.request_id.as_str()),
+            ("tryvox", "sb-2")
+        );
+        assert!(e.headers().contains(&("retry-after", "9".to_string())));
+        assert_eq!(
+            extra,
+            [
+                ("x-ratelimit-limit", "10".to_string()),
+                ("x-ratelimit-remaining", "0".to_string()),
+                ("x-ratelimit-reset", "9".to_string()),
+            ]
+        );
+        let shared = Reject {
+            scope: Scope::Global,
+            ..r
+        };
+        let (e, _) = Envelope::rate_limited_locally(&shared, "tryvox", "sb-3");
+        assert!(
+            e.error.message.contains("for all keys together"),
+            "{}",
+            e.error.message
+        );
     }
 
     #[test]

@@ -1,0 +1,48 @@
+//! The background task that keeps every limiter's tables small.
+//!
+//! Owns: [`Sweeper`], a Pingora background service that, every [`Limiter::evict_every`]
+//! (the shortest among the limiters), forgets idle keys and expired pauses.
+//!
+//! Must not: sit on the request path, or decide what is idle (each limiter's key table
+//! does).
+//!
+//! Approximate: a key is forgotten up to one sweep interval after it became idle, and an
+//! expired pause costs decisions a table lookup until the next sweep.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Limiter;
+
+/// Background service that evicts idle keys of every vendor's limiter.
+pub struct Sweeper {
+    limiters: Vec<Arc<Limiter>>,
+}
+
+impl Sweeper {
+    /// Sweeps these limiters until shutdown.
+    pub fn new(limiters: Vec<Arc<Limiter>>) -> Self {
+        Sweeper { limiters }
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for Sweeper {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let every = self
+            .limiters
+            .iter()
+            .map(|l| l.evict_every())
+            .min()
+            .unwrap_or(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return,
+            }
+            for l in &self.limiters {
+                l.evict();
+            }
+        }
+    }
+}
