@@ -15,7 +15,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// mimalloc commits its arenas eagerly by default, which doubled idle RSS (22 MiB against
 /// 12 MiB). It reads its options from the environment once, before `main`, so the process
 /// starts itself again with the option set (same PID: `exec`). Set the variable yourself
-/// to choose otherwise.
+/// to choose otherwise. `exec` resets signal handlers, so `server::run` installs its own
+/// only in the final process.
 fn tune_allocator() {
     use std::os::unix::process::CommandExt;
     const VAR: &str = "MIMALLOC_ARENA_EAGER_COMMIT";

@@ -124,14 +124,20 @@ impl Resolver {
         if self.is_literal() {
             return Ok(());
         }
+        let found = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map(Iterator::collect);
+        self.update(found)
+    }
+
+    /// Takes one lookup's answer: addresses replace the cache; an error or an empty answer
+    /// leaves the previous addresses in place.
+    fn update(&self, found: std::io::Result<Vec<SocketAddr>>) -> Result<(), ResolveError> {
         let err = |reason: String| ResolveError {
             host: self.host.clone(),
             reason,
         };
-        let found: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| err(e.to_string()))?
-            .collect();
+        let found = found.map_err(|e| err(e.to_string()))?;
         if found.is_empty() {
             return Err(err("no addresses".into()));
         }
@@ -260,5 +266,60 @@ mod tests {
         );
         let e = bad.pick(Duration::from_secs(5)).await;
         assert!(e.is_err());
+    }
+
+    /// The distinct addresses `n` picks return.
+    async fn picks(r: &Resolver, n: usize) -> Vec<SocketAddr> {
+        let mut seen = Vec::new();
+        for _ in 0..n {
+            let a = r.pick(Duration::from_secs(1)).await;
+            seen.push(a.unwrap_or_else(|e| panic!("pick: {e}")));
+        }
+        seen.sort();
+        seen.dedup();
+        seen
+    }
+
+    /// The README's promise: a failed refresh keeps the last good addresses, and requests go
+    /// on being sent to them (no new lookup while the cache holds something).
+    #[tokio::test]
+    async fn a_failed_refresh_keeps_the_last_good_addresses() {
+        let r = Resolver::new(
+            &parse_upstream("https://vendor.invalid").unwrap_or_else(|e| panic!("{e}")),
+            Duration::from_secs(1),
+        );
+        let good: Vec<SocketAddr> = ["192.0.2.1:443", "192.0.2.2:443"]
+            .iter()
+            .map(|a| a.parse().unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        assert!(r.update(Ok(good.clone())).is_ok());
+        assert_eq!(picks(&r, 4).await, good);
+
+        let failed = r.update(Err(std::io::Error::other("SERVFAIL")));
+        assert!(failed.is_err_and(|e| e.reason.contains("SERVFAIL")));
+        assert_eq!(picks(&r, 4).await, good, "an error kept the old addresses");
+
+        // A real lookup that fails: `.invalid` never resolves (RFC 6761).
+        assert!(r.refresh().await.is_err());
+        assert_eq!(
+            picks(&r, 4).await,
+            good,
+            "a failed lookup kept the old addresses"
+        );
+
+        assert!(r.update(Ok(Vec::new())).is_err());
+        assert_eq!(
+            picks(&r, 4).await,
+            good,
+            "an empty answer kept the old addresses"
+        );
+
+        let moved: SocketAddr = "192.0.2.9:443".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert!(r.update(Ok(vec![moved])).is_ok());
+        assert_eq!(
+            picks(&r, 2).await,
+            [moved],
+            "a good answer replaces the cache"
+        );
     }
 }

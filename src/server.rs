@@ -1,10 +1,16 @@
 //! Assembles the Pingora server from a validated [`Config`] and runs it until shutdown.
 //!
-//! Shutdown (SPEC §8): SIGTERM marks the process draining (`/readyz` fails), Pingora stops
-//! accepting, in-flight requests finish, and the process exits 0 as soon as none is left — at
-//! the latest after `shutdown.grace_period`. Pingora's own grace period sleeps unconditionally,
-//! so a watcher thread ends the process once the in-flight count reaches zero. SIGINT exits
-//! at once.
+//! Signals (SPEC §8) are all handled on one thread of Switchboard's own, installed before
+//! Pingora starts, so none keeps its default (terminating) action for a moment:
+//! - SIGTERM, SIGQUIT: mark the process draining (`/readyz` fails), Pingora stops accepting,
+//!   in-flight requests finish, and the process exits 0 as soon as none is left — at the
+//!   latest after `shutdown.grace_period`. Pingora's own grace period sleeps unconditionally,
+//!   so the signal thread ends the process once the in-flight count reaches zero. Another
+//!   SIGTERM or SIGQUIT during the drain changes nothing: a supervisor repeating itself must
+//!   not cut the requests the drain promised to finish.
+//! - SIGINT: exits 130 at once, also during a drain (Pingora reads its shutdown signal only
+//!   once, so the thread exits itself rather than asking Pingora).
+//! - SIGHUP: logged and ignored until config reload exists.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -15,6 +21,8 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::Notify;
 
 use crate::admin::AdminApp;
 use crate::config::Config;
@@ -43,6 +51,9 @@ pub enum StartError {
     /// Metrics registration failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The signal handlers or their thread cannot be set up.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
 }
 
 fn check_bind(addr: SocketAddr, what: &str) -> Result<(), StartError> {
@@ -57,6 +68,11 @@ fn check_bind(addr: SocketAddr, what: &str) -> Result<(), StartError> {
 
 /// Builds every service from `cfg` and runs until shutdown. Blocks the calling thread.
 pub fn run(cfg: &Config) -> Result<(), StartError> {
+    // First, so that no signal has its default action once the process is up.
+    let lifecycle = Lifecycle::new();
+    let drain = start_signal_thread(lifecycle.clone(), cfg.shutdown.grace_period)
+        .map_err(StartError::Signals)?;
+
     // Pingora retries a busy port for a while and then panics; say it clearly up front.
     check_bind(cfg.admin.listen, "admin")?;
     for v in &cfg.vendors {
@@ -79,7 +95,6 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let lifecycle = Lifecycle::new();
     let metrics = Metrics::new(
         &cfg.vendors
             .iter()
@@ -150,7 +165,7 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
         "switchboard starting"
     );
     server.run(RunArgs {
-        shutdown_signal: Box::new(Signals { lifecycle, grace }),
+        shutdown_signal: Box::new(DrainSignal(drain)),
     });
     tracing::info!("switchboard stopped");
     Ok(())
@@ -179,53 +194,97 @@ impl BackgroundService for Readiness {
     }
 }
 
-/// SIGTERM: drain then exit; SIGINT: exit now; SIGQUIT: treated as SIGTERM (no hot upgrades).
-struct Signals {
-    lifecycle: Arc<Lifecycle>,
-    grace: Duration,
-}
+/// Tells Pingora to stop accepting once the signal thread has started a drain.
+struct DrainSignal(Arc<Notify>);
 
 #[async_trait]
-impl ShutdownSignalWatch for Signals {
+impl ShutdownSignalWatch for DrainSignal {
     async fn recv(&self) -> ShutdownSignal {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::quit()),
-        ) else {
-            tracing::error!("cannot install signal handlers; stop with SIGKILL");
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = int.recv() => {
-                tracing::info!("SIGINT: exiting now");
-                ShutdownSignal::FastShutdown
-            }
-            _ = term.recv() => self.begin_drain("SIGTERM"),
-            _ = quit.recv() => self.begin_drain("SIGQUIT"),
-        }
+        self.0.notified().await;
+        ShutdownSignal::GracefulTerminate
     }
 }
 
-impl Signals {
-    fn begin_drain(&self, which: &str) -> ShutdownSignal {
+/// Registers every signal Switchboard handles, then serves them on a thread of its own with
+/// a one-thread runtime. The handlers are in place when this returns. The returned `Notify`
+/// fires once, when a drain starts.
+fn start_signal_thread(lifecycle: Arc<Lifecycle>, grace: Duration) -> std::io::Result<Arc<Notify>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // `signal()` installs the OS handler at once (and for the life of the process).
+    let signals = {
+        let _in_rt = rt.enter();
+        SignalStreams {
+            term: signal(SignalKind::terminate())?,
+            quit: signal(SignalKind::quit())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        }
+    };
+    let drain = Arc::new(Notify::new());
+    let notify = drain.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || rt.block_on(handle_signals(signals, lifecycle, grace, notify)))?;
+    Ok(drain)
+}
+
+struct SignalStreams {
+    term: Signal,
+    quit: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+/// Exit status for SIGINT: the shell's 128 + signal number, as for a program interrupted
+/// by Ctrl-C. Not 0: whatever was in flight was cut.
+const SIGINT_EXIT: i32 = 130;
+
+async fn handle_signals(
+    mut s: SignalStreams,
+    lifecycle: Arc<Lifecycle>,
+    grace: Duration,
+    drain: Arc<Notify>,
+) {
+    loop {
+        let which = tokio::select! {
+            _ = s.int.recv() => {
+                tracing::warn!(
+                    inflight = lifecycle.inflight(),
+                    draining = lifecycle.is_draining(),
+                    "SIGINT: exiting now"
+                );
+                std::process::exit(SIGINT_EXIT);
+            }
+            _ = s.hup.recv() => {
+                tracing::warn!("SIGHUP: config reload is not supported yet; ignoring");
+                continue;
+            }
+            _ = s.term.recv() => "SIGTERM",
+            _ = s.quit.recv() => "SIGQUIT",
+        };
+        if lifecycle.is_draining() {
+            tracing::warn!(
+                inflight = lifecycle.inflight(),
+                "{which}: already draining; the drain goes on (SIGINT exits now)"
+            );
+            continue;
+        }
         tracing::info!(
-            inflight = self.lifecycle.inflight(),
-            grace_s = self.grace.as_secs_f64(),
+            inflight = lifecycle.inflight(),
+            grace_s = grace.as_secs_f64(),
             "{which}: draining"
         );
-        self.lifecycle.start_draining();
-        let lifecycle = self.lifecycle.clone();
-        let deadline = Instant::now() + self.grace;
-        std::thread::spawn(move || exit_when_drained(&lifecycle, deadline));
-        ShutdownSignal::GracefulTerminate
+        lifecycle.start_draining();
+        drain.notify_one();
+        tokio::spawn(exit_when_drained(lifecycle.clone(), Instant::now() + grace));
     }
 }
 
 /// Exits 0 once nothing has been in flight for a short settle time (connections accepted just
 /// before the listeners closed get to start their request), or when the grace period ends.
-fn exit_when_drained(lifecycle: &Lifecycle, deadline: Instant) {
+async fn exit_when_drained(lifecycle: Arc<Lifecycle>, deadline: Instant) {
     let settle = Duration::from_millis(100);
     let mut idle_since: Option<Instant> = None;
     loop {
@@ -246,6 +305,6 @@ fn exit_when_drained(lifecycle: &Lifecycle, deadline: Instant) {
         } else {
             idle_since = None;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

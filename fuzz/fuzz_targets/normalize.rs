@@ -59,7 +59,13 @@ fuzz_target!(|data: &[u8]| {
     };
     let n = normalize::normalize(profile, "fuzz", "sb-fuzz", &resp, SystemTime::now());
     let json = n.envelope.to_json();
-    assert!(json.first() == Some(&b'{'), "envelope must serialise to a JSON object");
-    assert!((400..600).contains(&n.envelope.status()), "an error status, whatever the input");
+    assert!(
+        json.first() == Some(&b'{'),
+        "envelope must serialise to a JSON object"
+    );
+    assert!(
+        (400..600).contains(&n.envelope.status()),
+        "an error status, whatever the input"
+    );
     let _ = normalize::success_error(profile, "fuzz", "sb-fuzz", &resp, SystemTime::now());
 });

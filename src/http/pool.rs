@@ -234,6 +234,7 @@ mod tests {
         start_sweeper();
         assert!(SWEEPING.with(Cell::get));
         // Paused time jumps over the sweeper's sleep; real time lets the FIN arrive.
+        #[allow(clippy::disallowed_methods)]
         std::thread::sleep(Duration::from_millis(50));
         tokio::time::sleep(SWEEP_EVERY * 2).await;
         assert_eq!(IDLE.with(|c| c.borrow().len()), 0);

@@ -139,6 +139,7 @@ impl Sb {
                     return;
                 }
             }
+            #[allow(clippy::disallowed_methods)]
             std::thread::sleep(Duration::from_millis(25));
         }
         panic!("switchboard not ready in 30s:\n{}", self.stderr());
@@ -161,6 +162,7 @@ impl Sb {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return (status.code(), start.elapsed());
             }
+            #[allow(clippy::disallowed_methods)]
             std::thread::sleep(Duration::from_millis(10));
         }
         panic!(
