@@ -7,6 +7,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod diag;
 pub mod envelope;
 pub mod http;
 pub mod lifecycle;

@@ -6,23 +6,12 @@
 
 mod model;
 mod raw;
-mod values;
 
-pub(crate) use model::typed;
+pub use crate::diag::{parse_duration, parse_size, Problem};
 pub use model::*;
-pub use values::{parse_duration, parse_size};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-
-/// One problem found in a config file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Key path, e.g. `vendors[0].timeouts.connect`; empty for whole-file problems.
-    pub path: String,
-    /// What is wrong, including the offending value.
-    pub message: String,
-}
 
 /// Every problem found while loading one file.
 #[derive(Debug, thiserror::Error)]
@@ -51,19 +40,6 @@ impl fmt::Display for ConfigError {
             }
         }
         Ok(())
-    }
-}
-
-/// Collects problems with their key paths.
-#[derive(Debug, Default)]
-pub(crate) struct Problems(pub Vec<Problem>);
-
-impl Problems {
-    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem {
-            path: path.into(),
-            message: message.into(),
-        });
     }
 }
 

@@ -10,8 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::raw::*;
-use super::values::{parse_duration, parse_size};
-use super::Problems;
+use crate::diag::{parse_duration, parse_size, typed, Problems};
 use crate::limits::{BucketSpec, Mode, Scope, Shape};
 use crate::normalize::Profile;
 use crate::retry::Policy;
@@ -157,50 +156,6 @@ pub struct Endpoint {
 
 /// Label used for requests that match no endpoint.
 pub const OTHER_ENDPOINT: &str = "other";
-
-fn join(base: &str, rest: &str) -> String {
-    match (base.is_empty(), rest.is_empty() || rest == ".") {
-        (_, true) => base.to_string(),
-        (true, false) => rest.to_string(),
-        (false, false) if rest.starts_with('[') => format!("{base}{rest}"),
-        (false, false) => format!("{base}.{rest}"),
-    }
-}
-
-/// `endpoints.0.match` (serde_ignored's form) -> `endpoints[0].match` (ours).
-fn index_style(path: &str) -> String {
-    let mut out = String::new();
-    for seg in path.split('.') {
-        if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
-            out.push_str(&format!("[{seg}]"));
-        } else {
-            if !out.is_empty() {
-                out.push('.');
-            }
-            out.push_str(seg);
-        }
-    }
-    out
-}
-
-/// Deserialises one section, recording *every* unknown key and the first type error.
-pub(crate) fn typed<T: DeserializeOwned>(v: &Value, path: &str, p: &mut Problems) -> Option<T> {
-    let mut unknown: Vec<String> = Vec::new();
-    let mut record = |ignored: serde_ignored::Path<'_>| unknown.push(ignored.to_string());
-    let de = serde_ignored::Deserializer::new(v, &mut record);
-    let result: Result<T, _> = serde_path_to_error::deserialize(de);
-    for u in unknown {
-        p.push(join(path, &index_style(&u)), "unknown key");
-    }
-    match result {
-        Ok(t) => Some(t),
-        Err(e) => {
-            let inner = e.inner().to_string();
-            p.push(join(path, &e.path().to_string()), inner);
-            None
-        }
-    }
-}
 
 fn section<T: DeserializeOwned + Default>(v: &Value, path: &str, p: &mut Problems) -> T {
     if v.is_null() {

@@ -36,8 +36,25 @@ pub(super) enum Counted {
     ShadowRejected = 3,
 }
 
-/// Decision labels, in counter order (the discriminants of [`Counted`]).
-const DECISIONS: [&str; 4] = ["allowed", "queued", "rejected", "shadow_rejected"];
+impl Counted {
+    /// Every decision, in counter order (each one's discriminant is its index).
+    const ALL: [Counted; 4] = [
+        Counted::Allowed,
+        Counted::Queued,
+        Counted::Rejected,
+        Counted::ShadowRejected,
+    ];
+
+    /// The `decision` label.
+    fn as_str(self) -> &'static str {
+        match self {
+            Counted::Allowed => "allowed",
+            Counted::Queued => "queued",
+            Counted::Rejected => "rejected",
+            Counted::ShadowRejected => "shadow_rejected",
+        }
+    }
+}
 
 /// Counter handles per (endpoint, scope, decision), and the queue-depth gauge.
 #[derive(Default)]
@@ -55,11 +72,13 @@ impl Counters {
         let mut by = Vec::new();
         for name in endpoint_names {
             for scope in [Scope::Key, Scope::Global] {
-                for d in DECISIONS {
-                    by.push(
-                        m.decisions
-                            .with_label_values(&[&m.vendor, name, scope.as_str(), d]),
-                    );
+                for d in Counted::ALL {
+                    by.push(m.decisions.with_label_values(&[
+                        &m.vendor,
+                        name,
+                        scope.as_str(),
+                        d.as_str(),
+                    ]));
                 }
             }
         }
@@ -75,7 +94,7 @@ impl Counters {
         let s = usize::from(scope == Scope::Global);
         if let Some(c) = self
             .by
-            .get((ep * 2 + s) * DECISIONS.len() + decision as usize)
+            .get((ep * 2 + s) * Counted::ALL.len() + decision as usize)
         {
             c.inc();
         }

@@ -48,7 +48,7 @@ use http::HeaderName;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::{parse_duration, typed, Problems};
+use crate::diag::{parse_duration, typed, Problems};
 use crate::envelope::Code;
 
 /// How an `X-RateLimit-Reset`-style header reads.

@@ -120,7 +120,8 @@ impl Exchange {
         if vendor.limits.applies(ctx.route.endpoint) {
             let key = ctx.route.limit_key;
             if let Verdict::Reject(r) = vendor.limits.admit(key, ctx.route.endpoint).await {
-                let (env, extra) = Envelope::rate_limited_locally(&r, &vendor.cfg.name, &ctx.request.id);
+                let (env, extra) =
+                    Envelope::rate_limited_locally(&r, &vendor.cfg.name, &ctx.request.id);
                 return Some(respond::local(session, ctx, vendor, env, &extra, true).await);
             }
         }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::parse_duration;
+use crate::diag::parse_duration;
 
 /// What to do instead of (or while) answering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
