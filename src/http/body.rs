@@ -79,17 +79,29 @@ pub async fn send(
             .map_err(BodyError::Io)?;
     }
     if body.streaming {
-        let mut total = session.body_bytes_read() as u64;
-        while let Some(c) = session.read_request_body().await.map_err(BodyError::Io)? {
-            total += c.len() as u64;
-            if total > limit {
-                return Err(BodyError::TooLarge(limit));
-            }
-            up.write_request_body(c, false)
-                .await
-                .map_err(BodyError::Io)?;
-        }
+        // Boxed: the streaming loop's state would otherwise sit in every request's future,
+        // and be copied with it, though most bodies are small and buffered.
+        Box::pin(stream_rest(session, up, limit)).await?;
     }
     up.finish_request_body().await.map_err(BodyError::Io)?;
+    Ok(())
+}
+
+/// The rest of a large request body, from the app straight to the vendor.
+async fn stream_rest(
+    session: &mut Session,
+    up: &mut UpstreamSession,
+    limit: u64,
+) -> Result<(), BodyError> {
+    let mut total = session.body_bytes_read() as u64;
+    while let Some(c) = session.read_request_body().await.map_err(BodyError::Io)? {
+        total += c.len() as u64;
+        if total > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        up.write_request_body(c, false)
+            .await
+            .map_err(BodyError::Io)?;
+    }
     Ok(())
 }

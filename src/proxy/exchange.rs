@@ -340,7 +340,7 @@ impl Exchange {
             ctx.attempt.sent = true;
             ctx.attempt.started = Some(Instant::now());
             up.write_request_header(req).await?;
-            Box::pin(body::send(session, &mut up, body, cfg.max_request_body)).await?;
+            body::send(session, &mut up, body, cfg.max_request_body).await?;
             let resp = upstream::read_final_header(&mut up).await?;
             Ok::<_, Failure>((up, resp))
         })

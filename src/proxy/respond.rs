@@ -9,7 +9,7 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::proxy::Session;
-use pingora::{Error, Result};
+use pingora::Result;
 
 use super::error::Failure;
 use super::{Ctx, VendorRuntime};
@@ -157,12 +157,4 @@ async fn copy_body(session: &mut Session, ctx: &Ctx, up: &mut UpstreamSession) -
             }
         }
     }
-}
-
-/// An error for the access log when the app went away before any answer.
-pub fn client_gone() -> Box<Error> {
-    Error::explain(
-        pingora::ErrorType::ConnectionClosed,
-        "the client went away before an answer",
-    )
 }
