@@ -101,16 +101,26 @@ enum Cmd {
     Demo,
 }
 
+/// Logging to stderr. Pingora's own records are capped at `info` whatever the filter says:
+/// at `debug` and `trace` they print raw request headers and URIs (API keys, query strings,
+/// phone numbers), which must never reach a log (SPEC §8).
 fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    use tracing_subscriber::filter::{filter_fn, FilterExt};
+    use tracing_subscriber::prelude::*;
+    let env = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let pingora_capped =
+        filter_fn(|m| !(m.target().starts_with("pingora") && *m.level() > tracing::Level::INFO));
+    let filter = env.and(pingora_capped);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(layer.json().with_filter(filter))
+            .try_init(),
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(layer.with_filter(filter))
+            .try_init(),
     };
 }
 

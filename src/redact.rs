@@ -14,6 +14,7 @@
 use serde_json::Value;
 
 use crate::envelope::Envelope;
+use crate::limits::KeySource;
 
 /// What a secret becomes.
 pub const REDACTED: &str = "[redacted]";
@@ -21,42 +22,43 @@ pub const REDACTED: &str = "[redacted]";
 /// Shorter values are not redacted (see the module docs).
 pub const MIN_SECRET: usize = 4;
 
-/// The API key inside a key header's value: after `scheme` (case-insensitive, then
-/// whitespace) when the value starts with it, else the whole trimmed value.
-pub fn key_in<'a>(value: &'a [u8], scheme: Option<&str>) -> &'a [u8] {
-    let raw = value.trim_ascii();
-    if let Some(s) = scheme {
-        let n = s.len();
-        if raw.len() > n
-            && raw[..n].eq_ignore_ascii_case(s.as_bytes())
-            && raw[n].is_ascii_whitespace()
-        {
-            return raw[n..].trim_ascii();
-        }
-    }
-    raw
-}
+/// What `normalize` appends where it cut a stored body: a secret cut there is redacted as
+/// far as it got.
+const CUT_MARK: &str = "…[truncated by switchboard";
 
 /// A request's secrets, longest first (so a key inside the header value does not split it).
-#[derive(Debug, Default, Clone)]
-pub struct Secrets(Vec<String>);
+/// Its `Debug` never prints them.
+#[derive(Default, Clone)]
+pub struct Secrets<'a>(smallvec::SmallVec<[&'a str; 2]>);
 
-impl Secrets {
-    /// The secrets carried by `header` of a request, if it has one.
-    pub fn of(value: Option<&http::HeaderValue>, scheme: Option<&str>) -> Self {
-        let Some(v) = value else {
-            return Secrets::default();
+impl std::fmt::Debug for Secrets<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secrets([redacted] x{})", self.0.len())
+    }
+}
+
+impl<'a> Secrets<'a> {
+    /// The secrets a request carries in the key header `source` reads: its whole value,
+    /// and the key inside it.
+    pub fn of(headers: &'a http::HeaderMap, source: &KeySource) -> Self {
+        let mut out = smallvec::SmallVec::new();
+        // No key (no header, or the scheme alone): nothing secret to look for.
+        let Some(key) = source.key(headers) else {
+            return Secrets(out);
         };
-        let mut out = Vec::with_capacity(2);
-        for s in [v.as_bytes().trim_ascii(), key_in(v.as_bytes(), scheme)] {
-            if s.len() >= MIN_SECRET {
-                let s = String::from_utf8_lossy(s).into_owned();
-                if !out.contains(&s) {
+        let whole = headers
+            .get(source.header())
+            .map(|v| v.as_bytes().trim_ascii());
+        for s in [whole, Some(key)].into_iter().flatten() {
+            // Header values are visible ASCII or opaque bytes; only text can be echoed in
+            // a JSON string, so a non-UTF-8 value has nothing to match.
+            if let Ok(s) = std::str::from_utf8(s) {
+                if s.len() >= MIN_SECRET && !out.contains(&s) {
                     out.push(s);
                 }
             }
         }
-        out.sort_by_key(|s: &String| std::cmp::Reverse(s.len()));
+        out.sort_by_key(|s: &&str| std::cmp::Reverse(s.len()));
         Secrets(out)
     }
 
@@ -65,13 +67,19 @@ impl Secrets {
         self.0.is_empty()
     }
 
-    /// `s` with every secret replaced.
+    /// `s` with every secret replaced, or `None` when it holds none. A secret cut short
+    /// where the text was capped (its end, or `normalize`'s cut mark) is replaced as far as
+    /// it got, down to [`MIN_SECRET`] bytes.
     pub fn text(&self, s: &str) -> Option<String> {
         let mut out: Option<String> = None;
         for secret in &self.0 {
             let cur = out.as_deref().unwrap_or(s);
-            if cur.contains(secret.as_str()) {
-                out = Some(cur.replace(secret.as_str(), REDACTED));
+            if cur.contains(secret) {
+                out = Some(cur.replace(secret, REDACTED));
+            }
+            let cur = out.as_deref().unwrap_or(s);
+            if let Some(cut) = cut_short(cur, secret) {
+                out = Some(cut);
             }
         }
         out
@@ -126,23 +134,41 @@ impl Secrets {
     }
 }
 
+/// `s` with a prefix of `secret` that stands at a cut point (the end of `s`, or just
+/// before the cut mark) replaced; `None` when there is none.
+fn cut_short(s: &str, secret: &str) -> Option<String> {
+    let cut_at = s.find(CUT_MARK).unwrap_or(s.len());
+    let head = &s[..cut_at];
+    let longest = (MIN_SECRET..secret.len())
+        .rev()
+        .filter(|&k| secret.is_char_boundary(k))
+        .find(|&k| head.ends_with(&secret[..k]))?;
+    let start = cut_at - longest;
+    Some(format!("{}{REDACTED}{}", &s[..start], &s[cut_at..]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::envelope::{Code, Detail, UpstreamInfo};
 
-    #[test]
-    fn keys_are_found_after_the_scheme() {
-        assert_eq!(key_in(b"Bearer sk_1", Some("bearer")), b"sk_1");
-        assert_eq!(key_in(b"  sk_1 ", Some("bearer")), b"sk_1");
-        assert_eq!(key_in(b"Basic abc", Some("bearer")), b"Basic abc");
-        assert_eq!(key_in(b"sk_1", None), b"sk_1");
+    fn bearer() -> KeySource {
+        KeySource::new(http::header::AUTHORIZATION, Some("bearer".into()))
+    }
+
+    fn auth(v: &'static str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_static(v),
+        );
+        h
     }
 
     #[test]
     fn every_place_in_the_envelope_is_redacted() {
-        let v = http::HeaderValue::from_static("Bearer sk_live_SECRET");
-        let s = Secrets::of(Some(&v), Some("bearer"));
+        let h = auth("Bearer sk_live_SECRET");
+        let s = Secrets::of(&h, &bearer());
         let mut env = Envelope::proxy(
             Code::AuthenticationFailed,
             "bad key sk_live_SECRET",
@@ -167,14 +193,30 @@ mod tests {
     }
 
     #[test]
-    fn short_or_missing_values_are_no_secrets() {
-        let v = http::HeaderValue::from_static("Bearer k");
-        let s = Secrets::of(Some(&v), Some("bearer"));
-        assert_eq!(s.text("kkk Bearer k"), Some("kkk [redacted]".into()));
-        assert!(Secrets::of(None, None).is_empty());
+    fn a_secret_cut_by_a_cap_is_redacted_as_far_as_it_got() {
+        let h = auth("Bearer sk_live_SECRET");
+        let s = Secrets::of(&h, &bearer());
+        assert_eq!(s.text("key: sk_live_SE"), Some("key: [redacted]".into()));
         assert_eq!(
-            Secrets::of(Some(&http::HeaderValue::from_static("abc")), None).text("abc"),
-            None
+            s.text("key: sk_live_S…[truncated by switchboard: kept 9 of 20 bytes]"),
+            Some("key: [redacted]…[truncated by switchboard: kept 9 of 20 bytes]".into())
         );
+        assert_eq!(s.text("no key here"), None);
+    }
+
+    #[test]
+    fn short_missing_or_bare_scheme_values_are_no_secrets() {
+        let h = auth("Bearer k");
+        let s = Secrets::of(&h, &bearer());
+        assert_eq!(s.text("kkk Bearer k"), Some("kkk [redacted]".into()));
+        assert!(Secrets::of(&http::HeaderMap::new(), &bearer()).is_empty());
+        // A bare scheme is no key (the limiter calls it anonymous too), so messages saying
+        // "Bearer" stay readable...
+        let h = auth("Bearer");
+        assert!(Secrets::of(&h, &bearer()).is_empty());
+        assert_eq!(Secrets::of(&auth("abc"), &bearer()).text("abc"), None);
+        // ...and Debug never prints a secret.
+        let h = auth("Bearer sk_live_SECRET");
+        assert!(!format!("{:?}", Secrets::of(&h, &bearer())).contains("SECRET"));
     }
 }

@@ -120,7 +120,16 @@ async fn inspected_2xx_bodies_arrive_byte_for_byte_at_any_size_and_chunking() {
     );
     // One connection for all: the framing must also leave keep-alive intact.
     let mut conn = Conn::open(local(port)).await;
-    for size in [100 * 1024, 64 * 1024 + 1, 1024 * 1024, 5 * 1024 * 1024] {
+    // Under the 64 KiB cap, exactly at it, one past it, and far past it.
+    for size in [
+        1000,
+        64 * 1024 - 1,
+        64 * 1024,
+        64 * 1024 + 1,
+        100 * 1024,
+        1024 * 1024,
+        5 * 1024 * 1024,
+    ] {
         for framing in ["cl", "chunked"] {
             let path = format!("/v1/messages/{size}/{framing}");
             let r = conn
@@ -146,6 +155,8 @@ async fn a_post_is_not_repeated_on_rate_limit_wording() {
     steps: [ { status: 422, json: { error: { code: "E1", message: "Rate limit exceeded for this destination, slow down" } } } ]
   - match: { path_prefix: /v1/sms }
     steps: [ { status: 403, json: { message: "throttled: too many requests" } } ]
+  - match: { path_prefix: /v1/limited }
+    steps: [ { status: 429, headers: { retry-after: "0" }, json: { message: "rate limit exceeded" } }, { status: 200, json: { ok: true } } ]
 default: { status: 200, json: { ok: true } }
 "#;
     let extra = "    retry: { max_attempts: 3, backoff: { base: 5ms, max: 10ms } }\n    limits: [ { rate: 100, per: 1m } ]\n";
@@ -168,12 +179,18 @@ default: { status: 200, json: { ok: true } }
         assert_eq!(v["error"]["attempts"], 1, "{path}");
         assert_eq!(s.hits(), before + 1, "{path}: a POST sent twice on wording");
     }
+    // The control: a vendor 429 *is* the vendor's word; the same POST is sent again.
+    let before = s.hits();
+    let other = [("authorization", "Bearer sk_test_control")];
+    let r = send(addr, &request("POST", "/v1/limited", &other, Some(b"{}"))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.hits(), before + 2);
     // No pause: the same key's next request reaches the vendor.
     let before = s.hits();
     let r = send(addr, &request("GET", "/v1/numbers", &key, None)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(s.hits(), before + 1);
-    let m = metrics_settled(sb.admin, 3).await;
+    let m = metrics_settled(sb.admin, 4).await;
     assert_eq!(
         metric(
             &m,
@@ -261,22 +278,29 @@ async fn an_echoed_key_never_reaches_the_envelope() {
 }
 
 /// Pingora's own error line for a request prints its summary: with Switchboard's, the
-/// path without the query string (where keys and phone numbers travel).
+/// path without the query string (where keys and phone numbers travel). At `trace`, where
+/// Pingora would print raw request headers and URIs, its records are held back: neither the
+/// query nor the key reaches the log at any level.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pingoras_error_lines_carry_no_query_string() {
+async fn no_query_string_nor_key_reaches_the_log_even_at_trace() {
     let scenario = "default: { status: 200, body_size: 200000, action: truncate }\n";
-    let (_s, sb, addr) = proxied("tryvox", scenario, "", &[]).await;
+    let env = [("SWITCHBOARD__LOG__LEVEL", "trace".to_string())];
+    let (_s, sb, addr) = proxied("tryvox", scenario, "", &env).await;
     let path = "/v1/calls?api_key=QuerySecret99&to=%2B15550001234";
+    let auth = [("authorization", "Bearer sk_live_HeaderSecret77")];
     let mut c = Conn::open(addr).await;
     // The vendor cuts the body mid-way: the stream to the app is cut, Pingora logs it.
-    let _ = c.send(&request("GET", path, &[], None)).await;
-    let log = until("Pingora's error line", WAIT, || {
+    let _ = c.send(&request("GET", path, &auth, None)).await;
+    // Wait for the request's last lines: Pingora's error line, then the access line.
+    let log = until("Pingora's error line and the access line", WAIT, || {
         let e = sb.stderr();
-        e.contains("GET /v1/calls").then_some(e)
+        (e.contains("GET /v1/calls vendor=tryvox") && e.contains("switchboard::access"))
+            .then_some(e)
     })
     .await;
-    assert!(!log.contains("QuerySecret99"), "{log}");
-    assert!(!log.contains("15550001234"), "{log}");
+    for secret in ["QuerySecret99", "15550001234", "HeaderSecret77"] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
 }
 
 /// Retries stopped before they are sent (here: no rate-limit token) spend no budget: a

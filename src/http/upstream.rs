@@ -79,11 +79,26 @@ impl Prefix {
     }
 }
 
-/// Reads the response body until it ends or at least `cap` bytes are in hand.
-pub async fn read_prefix(up: &mut UpstreamSession, cap: usize) -> Prefix {
+/// Reads the response body until it ends or at least `cap` bytes are in hand, and no later
+/// than `until` when given (then what came by then, with a timeout error).
+pub async fn read_prefix(
+    up: &mut UpstreamSession,
+    cap: usize,
+    until: Option<std::time::Instant>,
+) -> Prefix {
     let mut buf = BytesMut::new();
     loop {
-        match up.read_response_body().await {
+        let read = match until {
+            None => up.read_response_body().await,
+            Some(t) => {
+                let left = t.saturating_duration_since(std::time::Instant::now());
+                match pingora::prelude::timeout(left, up.read_response_body()).await {
+                    Ok(r) => r,
+                    Err(_) => Error::e_explain(ErrorType::ReadTimedout, "deadline passed"),
+                }
+            }
+        };
+        match read {
             Ok(Some(chunk)) => {
                 buf.extend_from_slice(&chunk);
                 if buf.len() >= cap {

@@ -26,19 +26,21 @@ impl KeySource {
         }
     }
 
-    /// The request's bucket key: a keyed 64-bit hash of the API key (SipHash with a
-    /// per-process random key, so the table never holds a key nor a stable digest of one),
-    /// or `ANONYMOUS` (0). A value without the configured scheme counts whole: a different
-    /// credential is still a different key.
-    pub fn key_of(&self, headers: &HeaderMap) -> u64 {
-        let Some(v) = headers.get(&self.header) else {
-            return ANONYMOUS;
-        };
-        let mut raw = v.as_bytes().trim_ascii();
+    /// The header that carries the key.
+    pub fn header(&self) -> &HeaderName {
+        &self.header
+    }
+
+    /// The API key in `headers`: the key header's value after the scheme (case-insensitive,
+    /// then whitespace) when it starts with it, else the whole trimmed value; `None` when
+    /// there is no key (no header, an empty value, the scheme alone). The one place that
+    /// knows where a key is, for the limiter and for redaction alike.
+    pub fn key<'a>(&self, headers: &'a HeaderMap) -> Option<&'a [u8]> {
+        let mut raw = headers.get(&self.header)?.as_bytes().trim_ascii();
         if let Some(s) = &self.scheme {
             let n = s.len();
             if raw.eq_ignore_ascii_case(s.as_bytes()) {
-                return ANONYMOUS;
+                return None;
             }
             if raw.len() > n
                 && raw[..n].eq_ignore_ascii_case(s.as_bytes())
@@ -47,12 +49,20 @@ impl KeySource {
                 raw = raw[n..].trim_ascii();
             }
         }
-        if raw.is_empty() {
-            return ANONYMOUS;
+        (!raw.is_empty()).then_some(raw)
+    }
+
+    /// The request's bucket key: a keyed 64-bit hash of the API key (SipHash with a
+    /// per-process random key, so the table never holds a key nor a stable digest of one),
+    /// or `ANONYMOUS` (0). A value without the configured scheme counts whole: a different
+    /// credential is still a different key.
+    pub fn key_of(&self, headers: &HeaderMap) -> u64 {
+        match self.key(headers) {
+            // 0 is anonymous and u64::MAX the shared buckets; a real key hashing to either
+            // shares its neighbour's buckets (stricter only).
+            Some(raw) => self.hasher.hash_one(raw).clamp(1, u64::MAX - 1),
+            None => ANONYMOUS,
         }
-        // 0 is anonymous and u64::MAX the shared buckets; a real key hashing to either
-        // shares its neighbour's buckets (stricter only).
-        self.hasher.hash_one(raw).clamp(1, u64::MAX - 1)
     }
 }
 

@@ -56,6 +56,21 @@ pub struct Normalized {
     pub unprocessed: Option<bool>,
 }
 
+impl Normalized {
+    /// The attempt's outcome as the retry decision sees it: the classified code, and the
+    /// facts the vendor stated (its status, the profile's `unprocessed` mark).
+    pub fn outcome(&self, status: u16) -> crate::retry::Outcome {
+        let e = &self.envelope.error;
+        crate::retry::Outcome::Response {
+            status,
+            code: e.code,
+            retryable: e.retryable,
+            unprocessed: self.unprocessed,
+            hint: e.retry_after_s.map(std::time::Duration::from_secs),
+        }
+    }
+}
+
 /// Decompresses a gzip/deflate body, never past [`MAX_ERROR_BODY`]; `true` when cut.
 fn decoded<'a>(headers: &HeaderMap, body: &'a [u8]) -> (Cow<'a, [u8]>, bool) {
     let enc = headers

@@ -31,6 +31,10 @@ pub struct Request {
     pub idempotent: bool,
     /// Request body bytes received on Pingora's own proxy path (upgrades).
     pub body_bytes: u64,
+    /// When the request must be answered by (set by the exchange).
+    pub deadline: Instant,
+    /// How long the request was given in all (for messages).
+    pub budget: Duration,
 }
 
 /// The current (or last) attempt at the vendor.
@@ -59,6 +63,8 @@ pub struct Answer {
     pub error: Option<(Code, Source)>,
     /// The client went away before an answer could be written.
     pub client_gone: bool,
+    /// The exchange answered (or cut) the request itself; Pingora's error hook must not.
+    pub settled: bool,
 }
 
 /// Per-request state.
@@ -84,6 +90,8 @@ impl Ctx {
                 started: Instant::now(),
                 idempotent: false,
                 body_bytes: 0,
+                deadline: Instant::now(),
+                budget: Duration::ZERO,
             },
             attempt: Attempt::default(),
             answer: Answer::default(),

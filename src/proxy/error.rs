@@ -100,6 +100,7 @@ impl Failure {
     }
 
     /// The underlying Pingora error, for Pingora's hooks (a cut stream, the access log).
+    /// Only transport failures can leave nobody to answer; the other arms keep it total.
     pub fn into_pingora(self) -> Box<Error> {
         match self {
             Failure::Transport(e) => e,

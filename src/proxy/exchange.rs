@@ -11,9 +11,11 @@
 //! `retry` decide whether to send again. Writing the answer is `respond`'s job.
 //!
 //! The request's deadline (`retry.deadline`, shortened by `X-Switchboard-Deadline`) bounds
-//! everything up to the vendor's response header, attempts included: each attempt's
-//! connect and read timeouts are cut to what is left, and the wait for the header is cut
-//! at the deadline itself. A response whose header arrived in time streams to its end.
+//! every attempt up to the vendor's response header — lookup, connect, send, wait — and
+//! the read of an error body; each attempt's connect and read timeouts are cut to what is
+//! left, retry waits and a retry's wait for a rate-limit token end by it. A 2xx whose
+//! header arrived in time streams to its end. Not bounded by it: the first rate-limit
+//! queue wait, before the request body is read (`max_wait` bounds that).
 //!
 //! It does not care what accepted the request: it needs the downstream session's header
 //! and body, and a place to write the answer.
@@ -149,6 +151,7 @@ impl Exchange {
                 policy.deadline.min(Duration::from_millis(ms))
             });
         let deadline = ctx.request.started + budget;
+        (ctx.request.deadline, ctx.request.budget) = (deadline, budget);
         ctx.request.idempotent = idempotent_method || idempotency_key;
         session.set_read_timeout(Some(vendor.cfg.timeouts.response.min(budget)));
         let body = match body::read(session, vendor.cfg.max_request_body).await {
@@ -160,21 +163,14 @@ impl Exchange {
             ctx.attempt.elapsed = None;
             // Answered attempts are counted (status, latency) inside, as soon as the
             // vendor's header arrives: before the app can see the answer.
-            let result = self
-                .attempt(session, ctx, vendor, &body, deadline, budget)
-                .await;
+            let made = ctx.attempt.made;
+            let result = self.attempt(session, ctx, vendor, &body).await;
             ctx.attempt.observed = true;
             let (outcome, last) = match result {
                 Ok(Reply::Done(written)) => return written,
                 Ok(Reply::Error(n, status)) => {
+                    let outcome = n.outcome(status);
                     let e = &n.envelope.error;
-                    let outcome = retry::Outcome::Response {
-                        status,
-                        code: e.code,
-                        retryable: e.retryable,
-                        unprocessed: n.unprocessed,
-                        hint: e.retry_after_s.map(Duration::from_secs),
-                    };
                     // Only the vendor's stated facts pause a key, never a message's words.
                     if outcome.vendor_throttled() {
                         let (key, ep) = (ctx.route.limit_key, ctx.route.endpoint);
@@ -184,14 +180,20 @@ impl Exchange {
                     env.error.attempts = ctx.attempt.made;
                     (outcome, Last::Envelope(env))
                 }
+                // The app's body went over the limit on the way: nothing to retry.
+                Err(f @ Failure::TooLarge(_)) => {
+                    return Box::pin(respond::failure(session, ctx, vendor, f)).await
+                }
                 Err(failure) => {
                     let sent = ctx.attempt.sent;
-                    self.count(
-                        &self.metrics.upstream_attempts,
-                        vendor,
-                        ctx,
-                        failure.unanswered(sent).as_str(),
-                    );
+                    if ctx.attempt.made > made {
+                        self.count(
+                            &self.metrics.upstream_attempts,
+                            vendor,
+                            ctx,
+                            failure.unanswered(sent).as_str(),
+                        );
+                    }
                     let outcome = match sent {
                         true => retry::Outcome::Lost,
                         false => retry::Outcome::NotSent,
@@ -250,8 +252,9 @@ impl Exchange {
 
     /// Everything between deciding to retry and sending again: room in the budget, a place
     /// in the bounded retry line (full: `overloaded` is answered here), the wait (cut short
-    /// by a shutdown), and rate-limit tokens, which a retry takes like a new request. The
-    /// budget is spent last, only by a retry that is about to be sent.
+    /// by a shutdown), and rate-limit tokens, which a retry takes like a new request (waiting
+    /// for one in queue mode no longer than the deadline). The budget is spent last, and
+    /// given back when no token comes: only a retry that is sent spends it.
     async fn hold_for_retry(
         &self,
         session: &mut Session,
@@ -288,17 +291,21 @@ impl Exchange {
         if !waited {
             return Hold::Stop(GiveUp::Shutdown);
         }
-        if let Verdict::Reject(_) = vendor
-            .limits
-            .admit(ctx.route.limit_key, ctx.route.endpoint)
-            .await
-        {
-            return Hold::Stop(GiveUp::RateLimit);
-        }
+        // The budget is taken just before the token, and given back if no token comes:
+        // only a retry that is sent spends either.
         if !vendor.retry_budget.try_retry(retry::now()) {
             return Hold::Stop(GiveUp::Budget);
         }
-        Hold::Go
+        let (key, ep) = (ctx.route.limit_key, ctx.route.endpoint);
+        let until = ctx.request.deadline.into();
+        let admitted = tokio::time::timeout_at(until, vendor.limits.admit(key, ep)).await;
+        let stop = match admitted {
+            Ok(Verdict::Allow) => return Hold::Go,
+            Ok(Verdict::Reject(_)) => GiveUp::RateLimit,
+            Err(_elapsed) => GiveUp::Deadline,
+        };
+        vendor.retry_budget.refund(retry::now());
+        Hold::Stop(stop)
     }
 
     /// One attempt, bounded by `deadline`. `Err` means no usable response arrived (to be
@@ -309,22 +316,17 @@ impl Exchange {
         ctx: &mut Ctx,
         vendor: &VendorRuntime,
         body: &RequestBody,
-        deadline: Instant,
-        budget: Duration,
     ) -> Result<Reply, Failure> {
         let cfg = &vendor.cfg;
+        let (deadline, budget) = (ctx.request.deadline, ctx.request.budget);
         ctx.attempt.sent = false;
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
+            // Not an attempt: nothing was tried.
             return Err(Failure::Deadline(budget));
         }
-        let addr = vendor
-            .resolver
-            .pick(cfg.timeouts.connect.min(left))
-            .await
-            .map_err(|e| Failure::Unresolvable(e.to_string()))?;
-        // Boxed: 672 bytes that would otherwise sit in the request's state across every await.
-        let peer = Box::new(vendor.peer(addr, left));
+        // Counted before the lookup: a vendor whose name does not resolve still ends at
+        // `max_attempts`, not only at the deadline.
         ctx.attempt.made += 1;
         let req = upstream::request_header(
             session.req_header(),
@@ -332,7 +334,17 @@ impl Exchange {
             &[&DEADLINE_HEADER],
             body,
         );
+        // Everything up to the response header, the lookup included, ends by the deadline.
         let sent = pingora::prelude::timeout(left, async {
+            let addr = vendor
+                .resolver
+                .pick(cfg.timeouts.connect)
+                .await
+                .map_err(|e| Failure::Unresolvable(e.to_string()))?;
+            // Boxed: 672 bytes that would otherwise sit in the request's state across
+            // every await. Its timeouts are cut to what is left after the lookup.
+            let peer =
+                Box::new(vendor.peer(addr, deadline.saturating_duration_since(Instant::now())));
             let mut up = self.upstreams.get(&peer).await?;
             // The connector leaves these unset; Pingora's own proxy loop copies them the same way.
             up.set_read_timeout(peer.options.read_timeout);
@@ -342,10 +354,10 @@ impl Exchange {
             up.write_request_header(req).await?;
             body::send(session, &mut up, body, cfg.max_request_body).await?;
             let resp = upstream::read_final_header(&mut up).await?;
-            Ok::<_, Failure>((up, resp))
+            Ok::<_, Failure>((up, resp, peer))
         })
         .await;
-        let (mut up, resp) = match sent {
+        let (mut up, resp, peer) = match sent {
             Ok(r) => r?,
             Err(_elapsed) => return Err(Failure::Deadline(budget)),
         };
@@ -400,7 +412,10 @@ impl Exchange {
     ) -> Result<Reply, Failure> {
         let cfg = &vendor.cfg;
         let status = resp.status.as_u16();
-        let prefix: Prefix = upstream::read_prefix(&mut up, MAX_ERROR_BODY).await;
+        // An error's body is read by the deadline (what came by then is normalised); a 2xx
+        // arrived in time and may hide nothing, so it is read to the cap whatever the time.
+        let until = (status >= 300).then_some(ctx.request.deadline);
+        let prefix: Prefix = upstream::read_prefix(&mut up, MAX_ERROR_BODY, until).await;
         let (bytes, truncated) = prefix.inspected(MAX_ERROR_BODY);
         let vr = VendorResponse {
             status,

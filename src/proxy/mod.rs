@@ -29,6 +29,7 @@ use crate::http::{headers, upstream};
 use crate::lifecycle::Lifecycle;
 use crate::limits::{KeySource, Limiter};
 use crate::metrics::{method_label, Latency, Metrics};
+use crate::normalize::transport;
 use crate::routing::{Resolver, Router};
 use error::Failure;
 
@@ -48,8 +49,6 @@ pub struct VendorRuntime {
     pub retry_queue: tokio::sync::Semaphore,
     /// The `Host` sent upstream (the vendor's authority), built once.
     pub host: http::HeaderValue,
-    /// The header that carries the API key (for limits and for redaction).
-    pub key_header: http::HeaderName,
     /// Latency histograms by endpoint id.
     latency: Vec<Latency>,
 }
@@ -81,7 +80,6 @@ impl VendorRuntime {
             limiter = limiter.stop_waiting_on_shutdown(l);
         }
         let limits = Arc::new(limiter);
-        let key_header = header_name(&cfg.key.header);
         let p = &cfg.retry;
         let retry_budget = crate::retry::Budget::new(p.budget_ratio, p.budget_min_per_second);
         let retry_queue = tokio::sync::Semaphore::new(p.queue);
@@ -92,7 +90,6 @@ impl VendorRuntime {
         VendorRuntime {
             latency,
             host,
-            key_header,
             cfg,
             router,
             resolver,
@@ -205,18 +202,17 @@ impl ProxyHttp for Switchboard {
         ctx.route.endpoint = vendor.router.route(req.method.as_str(), req.uri.path());
         ctx.route.limit_key = vendor.limits.source.key_of(&req.headers);
         ctx.route.vendor = Some(vendor.clone());
-        if let Some(written) = self.exchange.admit(session, ctx, &vendor).await {
-            return written.map(|()| true);
-        }
-        // Protocol upgrades (WebSocket media streams) take Pingora's own proxy path, with
-        // the same peer and header hygiene as the exchange (the hooks below).
-        if session.is_upgrade_req() {
-            return Ok(false);
-        }
-        self.exchange
-            .run(session, ctx, &vendor)
-            .await
-            .map(|()| true)
+        let written = match self.exchange.admit(session, ctx, &vendor).await {
+            Some(written) => written,
+            // Protocol upgrades (WebSocket media streams) take Pingora's own proxy path, with
+            // the same peer and header hygiene as the exchange (the hooks below).
+            None if session.is_upgrade_req() => return Ok(false),
+            None => self.exchange.run(session, ctx, &vendor).await,
+        };
+        // Whatever happened was answered (or cut) inside: `fail_to_proxy` must not answer
+        // again for the error Pingora hands it.
+        ctx.answer.settled = true;
+        written.map(|()| true)
     }
 
     async fn request_body_filter(
@@ -316,7 +312,8 @@ impl ProxyHttp for Switchboard {
     }
 
     /// Failures on Pingora's own proxy path (upgrades, and errors Pingora raised before
-    /// `request_filter` finished) get the same rescue as the exchange's.
+    /// `request_filter` ran): the same rescue as the exchange's. A request the exchange
+    /// already answered (or cut) is not answered twice.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let cut = FailToProxy {
             error_code: 0,
@@ -325,26 +322,28 @@ impl ProxyHttp for Switchboard {
         let Some(vendor) = ctx.route.vendor.clone() else {
             return cut;
         };
+        if ctx.answer.settled {
+            return cut;
+        }
         if ctx.request.id.is_empty() {
             ctx.request.id = headers::request_id(None);
         }
         if session.response_written().is_some() {
             // Headers already went out (e.g. reset mid-body): all we can do is cut the stream.
-            tracing::warn!(request_id = %ctx.request.id, vendor = %vendor.cfg.name, error = %e, "upstream failed mid-response");
+            tracing::warn!(request_id = %ctx.request.id, vendor = %vendor.cfg.name, error = %e, "upgraded stream failed mid-response");
             return cut;
         }
-        let failure = match e.etype() {
-            ErrorType::Custom(_) if *e.etype() == BODY_TOO_LARGE => {
-                Failure::TooLarge(vendor.cfg.max_request_body)
-            }
-            _ => Failure::Transport(Error::create(
-                e.etype().clone(),
-                e.esource().clone(),
-                Some(e.to_string().into()),
-                None,
-            )),
+        let rescued = if *e.etype() == BODY_TOO_LARGE {
+            let limit = vendor.cfg.max_request_body;
+            Failure::TooLarge(limit).rescue(respond::state(ctx))
+        } else {
+            transport::classify(e, respond::state(ctx))
         };
-        match respond::failure(session, ctx, &vendor, failure).await {
+        let Some((code, message)) = rescued else {
+            ctx.answer.client_gone = true;
+            return cut;
+        };
+        match respond::proxy_error(session, ctx, &vendor, code, message).await {
             Ok(()) => FailToProxy {
                 error_code: ctx.answer.status.unwrap_or(0),
                 can_reuse_downstream: false,

@@ -13,7 +13,7 @@ use pingora::Result;
 
 use super::error::Failure;
 use super::{Ctx, VendorRuntime};
-use crate::envelope::Envelope;
+use crate::envelope::{Code, Envelope};
 use crate::http::headers;
 use crate::http::upstream::Prefix;
 use crate::normalize::transport::AttemptState;
@@ -32,8 +32,7 @@ pub async fn envelope(
     mut env: Envelope,
     extra: &[(&'static str, String)],
 ) -> Written {
-    let key = session.req_header().headers.get(&vendor.key_header);
-    Secrets::of(key, vendor.cfg.key.scheme.as_deref()).envelope(&mut env);
+    Secrets::of(&session.req_header().headers, &vendor.limits.source).envelope(&mut env);
     let status = env.status();
     ctx.answered(status, Some(&env));
     let body = Bytes::from(env.to_json());
@@ -74,18 +73,36 @@ pub async fn failure(
     vendor: &VendorRuntime,
     failure: Failure,
 ) -> Written {
-    let state = AttemptState {
-        sent: ctx.attempt.sent,
-        idempotent: ctx.request.idempotent,
-    };
-    let Some((code, message)) = failure.rescue(state) else {
-        ctx.answer.client_gone = true;
-        return Err(failure.into_pingora());
-    };
+    let rescued = failure.rescue(state(ctx));
     if matches!(failure, Failure::TooLarge(_) | Failure::Smuggling) {
         // The rest of the body is unread (or unframed): the connection cannot carry on.
         session.set_keepalive(None);
     }
+    match rescued {
+        Some((code, message)) => proxy_error(session, ctx, vendor, code, message).await,
+        None => {
+            ctx.answer.client_gone = true;
+            Err(failure.into_pingora())
+        }
+    }
+}
+
+/// How far the current attempt got, for classifying its failure.
+pub fn state(ctx: &Ctx) -> AttemptState {
+    AttemptState {
+        sent: ctx.attempt.sent,
+        idempotent: ctx.request.idempotent,
+    }
+}
+
+/// Answers with Switchboard's own envelope for `code`.
+pub async fn proxy_error(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    vendor: &VendorRuntime,
+    code: Code,
+    message: String,
+) -> Written {
     let env = Envelope::proxy(code, message, &vendor.cfg.name, &ctx.request.id)
         .with_attempts(ctx.attempt.made);
     envelope(session, ctx, vendor, env, &[]).await

@@ -92,6 +92,17 @@ impl Budget {
     }
 }
 
+impl Budget {
+    /// Gives back a retry [`Budget::try_retry`] took for a retry that was not sent after
+    /// all (no rate-limit token came).
+    pub fn refund(&self, now: Duration) {
+        let s = self.slot(now.as_secs());
+        let _ = s
+            .retries
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +128,9 @@ mod tests {
         }
         assert_eq!((0..100).filter(|_| b.try_retry(t)).count(), 10);
         assert!(!b.has_room(t));
+        b.refund(t);
+        assert!(b.try_retry(t), "a refunded retry can be taken again");
+        assert!(!b.try_retry(t));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Whether to send a request again, and when (SPEC §6). [`decide`] is a pure function of the
-//! policy, the attempt and its outcome; the forwarding engine carries it out.
+//! policy, the attempt and its outcome; the exchange (`proxy::exchange`) carries it out.
 //!
 //! The four safety rules:
 //! 1. the connection failed before the request was sent: always safe;

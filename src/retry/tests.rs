@@ -34,18 +34,6 @@ fn resp(status: u16, rate_limited: bool, retryable: bool, hint: Option<u64>) -> 
     }
 }
 
-/// The outcome as the exchange builds it from a normalised answer.
-fn outcome_of(n: &crate::normalize::Normalized, status: u16) -> Outcome {
-    let e = &n.envelope.error;
-    Outcome::Response {
-        status,
-        code: e.code,
-        retryable: e.retryable,
-        unprocessed: n.unprocessed,
-        hint: e.retry_after_s.map(Duration::from_secs),
-    }
-}
-
 fn run(a: &Attempt, o: &Outcome) -> Decision {
     decide(&Policy::default(), a, o, |c| c)
 }
@@ -260,7 +248,7 @@ fn every_seed_example_follows_the_rules() {
                 path: "/",
             };
             let n = normalize(&profile, vendor, "r", &vr, now);
-            let o = outcome_of(&n, ex.status);
+            let o = n.outcome(ex.status);
             let code = n.envelope.error.code;
             let (post, get) = (run(&POST, &o), run(&GET, &o));
             let name = format!("{vendor}/{}: {code}", ex.name);
