@@ -155,6 +155,8 @@ async fn a_post_is_not_repeated_on_rate_limit_wording() {
     steps: [ { status: 422, json: { error: { code: "E1", message: "Rate limit exceeded for this destination, slow down" } } } ]
   - match: { path_prefix: /v1/sms }
     steps: [ { status: 403, json: { message: "throttled: too many requests" } } ]
+  - match: { path_prefix: /v1/unhinted }
+    steps: [ { status: 429, json: { message: "too many requests" } }, { status: 200, json: { ok: true } } ]
   - match: { path_prefix: /v1/limited }
     steps: [ { status: 429, headers: { retry-after: "0" }, json: { message: "rate limit exceeded" } }, { status: 200, json: { ok: true } } ]
 default: { status: 200, json: { ok: true } }
@@ -185,12 +187,19 @@ default: { status: 200, json: { ok: true } }
     let r = send(addr, &request("POST", "/v1/limited", &other, Some(b"{}"))).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(s.hits(), before + 2);
+    // A 429 without a hint pauses the key 1 s: its retry waits that long, not less (a
+    // shorter backoff would meet the pause and never be sent).
+    let before = s.hits();
+    let third = [("authorization", "Bearer sk_test_unhinted")];
+    let r = send(addr, &request("POST", "/v1/unhinted", &third, Some(b"{}"))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.hits(), before + 2);
     // No pause: the same key's next request reaches the vendor.
     let before = s.hits();
     let r = send(addr, &request("GET", "/v1/numbers", &key, None)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(s.hits(), before + 1);
-    let m = metrics_settled(sb.admin, 4).await;
+    let m = metrics_settled(sb.admin, 5).await;
     assert_eq!(
         metric(
             &m,

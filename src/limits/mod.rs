@@ -43,6 +43,7 @@ pub use counters::LimitMetrics;
 pub use gcra::{decide, Bucket, Decision, KeyState, Shape, TxStore};
 pub use keys::KeySource;
 pub use limiter::Limiter;
+pub use pauses::UNHINTED_PAUSE;
 pub use spec::{BucketSpec, Mode, Scope};
 pub use sweeper::Sweeper;
 pub use verdict::{Reject, Verdict};

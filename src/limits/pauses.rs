@@ -86,13 +86,17 @@ impl Pauses {
     }
 }
 
+/// How long a vendor `rate_limited` answer without a reset hint pauses the key (and so
+/// the least a retry of it waits: an earlier one would meet its own pause).
+pub const UNHINTED_PAUSE: Duration = Duration::from_secs(1);
+
 /// How long the vendor's word pauses a key: its reset hint (`hint_s`) when it gave one; one
 /// second for a `rate_limited` answer (`limited`) without one; nothing for an exhausted
 /// quota without one, nor for a zero hint.
 pub(super) fn length(limited: bool, hint_s: Option<u64>) -> Option<Duration> {
     let hint = match (limited, hint_s) {
         (_, Some(s)) => Duration::from_secs(s),
-        (true, None) => Duration::from_secs(1),
+        (true, None) => UNHINTED_PAUSE,
         (false, None) => return None,
     };
     (!hint.is_zero()).then_some(hint)

@@ -169,12 +169,14 @@ impl Exchange {
             let (outcome, last) = match result {
                 Ok(Reply::Done(written)) => return written,
                 Ok(Reply::Error(n, status)) => {
-                    let outcome = n.outcome(status);
+                    let mut outcome = n.outcome(status);
                     let e = &n.envelope.error;
-                    // Only the vendor's stated facts pause a key, never a message's words.
+                    // Only the vendor's stated facts pause a key, never a message's words;
+                    // a retry waits at least as long as the pause it caused.
                     if outcome.vendor_throttled() {
                         let (key, ep) = (ctx.route.limit_key, ctx.route.endpoint);
                         vendor.limits.vendor_said(key, ep, true, e.retry_after_s);
+                        outcome = outcome.or_hint(crate::limits::UNHINTED_PAUSE);
                     }
                     let mut env = Box::new(n.envelope);
                     env.error.attempts = ctx.attempt.made;

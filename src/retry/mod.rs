@@ -109,6 +109,26 @@ impl Outcome {
         }
     }
 
+    /// The same outcome with `wait` as its hint when the vendor gave none.
+    pub fn or_hint(self, wait: Duration) -> Self {
+        match self {
+            Outcome::Response {
+                status,
+                code,
+                retryable,
+                unprocessed,
+                hint: None,
+            } => Outcome::Response {
+                status,
+                code,
+                retryable,
+                unprocessed,
+                hint: Some(wait),
+            },
+            other => other,
+        }
+    }
+
     /// The vendor stated that this key is over its rate limit, so its buckets pause (SPEC
     /// §6): a `rate_limited` answer on HTTP 429, or on any status when the profile marks the
     /// code `unprocessed`. Words in a message never pause anything.

@@ -335,3 +335,14 @@ fn give_up_labels_are_distinct() {
     assert_eq!(seen.len(), n);
     assert!(!GiveUp::COUNTED.contains(&GiveUp::Final));
 }
+
+#[test]
+fn a_default_hint_fills_only_a_missing_one() {
+    let none = resp(429, true, true, None).or_hint(Duration::from_secs(1));
+    assert!(matches!(none, Outcome::Response { hint: Some(h), .. } if h == Duration::from_secs(1)));
+    let given = resp(429, true, true, Some(3)).or_hint(Duration::from_secs(1));
+    assert!(
+        matches!(given, Outcome::Response { hint: Some(h), .. } if h == Duration::from_secs(3))
+    );
+    assert_eq!(Outcome::Lost.or_hint(Duration::from_secs(1)), Outcome::Lost);
+}
