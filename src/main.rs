@@ -103,26 +103,46 @@ enum Cmd {
 
 /// Logging to stderr. Pingora's own records are capped at `info` whatever the filter says:
 /// at `debug` and `trace` they print raw request headers and URIs (API keys, query strings,
-/// phone numbers), which must never reach a log (SPEC §8).
+/// phone numbers), which must never reach a log (SPEC §8). The cap is added to the one
+/// global filter as directives, only when the filter enables more than `info` anywhere:
+/// a per-layer or dynamic filter would be asked about every Pingora record on every
+/// request (the `log` bridge then forwards them all), which costs more than the proxying.
 fn init_logging(format: LogFormat, level: &str) {
-    use tracing_subscriber::filter::{filter_fn, FilterExt};
-    use tracing_subscriber::prelude::*;
-    let env = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let pingora_capped =
-        filter_fn(|m| !(m.target().starts_with("pingora") && *m.level() > tracing::Level::INFO));
-    let filter = env.and(pingora_capped);
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let verbose = filter
+        .max_level_hint()
+        .is_none_or(|l| l > tracing::level_filters::LevelFilter::INFO);
+    if verbose {
+        for target in PINGORA_TARGETS {
+            if let Ok(d) = format!("{target}=info").parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => tracing_subscriber::registry()
-            .with(layer.json().with_filter(filter))
-            .try_init(),
-        LogFormat::Text => tracing_subscriber::registry()
-            .with(layer.with_filter(filter))
-            .try_init(),
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
     };
 }
+
+/// Every crate of Pingora's that logs (a directive's target matches by prefix, and a more
+/// specific one wins: each crate is named so that a user's `pingora_core=trace` is capped too).
+const PINGORA_TARGETS: [&str; 9] = [
+    "pingora",
+    "pingora_core",
+    "pingora_proxy",
+    "pingora_pool",
+    "pingora_http",
+    "pingora_error",
+    "pingora_runtime",
+    "pingora_timeout",
+    "pingora_rustls",
+];
 
 fn load(file: &std::path::Path) -> Result<config::Config, ExitCode> {
     config::load(file).map_err(|e| {

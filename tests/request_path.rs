@@ -361,3 +361,53 @@ async fn the_budget_is_spent_only_by_retries_sent() {
         Some(1.0)
     );
 }
+
+/// A vendor that keeps sending `102 Processing` lines and never a final answer: each read
+/// arrives well inside `timeouts.response`, so only a deadline that bounds the whole wait
+/// for the final header ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vendor_trickling_1xx_lines_is_cut_at_the_deadline() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let vendor = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                // Bounded: 200 lines at 50 ms is 10 s, far past the deadline under test.
+                for _ in 0..200 {
+                    if s.write_all(b"HTTP/1.1 102 Processing\r\n\r\n")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+        }
+    });
+    let port = free_port();
+    let _sb = Sb::start(&vendor_yaml(
+        "trickle",
+        port,
+        &format!("http://{vendor}"),
+        "    timeouts: { response: 30s }\n",
+    ));
+    let started = Instant::now();
+    let r = send(
+        local(port),
+        &request(
+            "GET",
+            "/v1/calls/c1",
+            &[("x-switchboard-deadline", "600")],
+            None,
+        ),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "upstream_timeout");
+    assert!(took >= Duration::from_millis(600), "{took:?}");
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+}

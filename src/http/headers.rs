@@ -87,7 +87,15 @@ pub fn request_id(incoming: Option<&[u8]>) -> String {
         {
             String::from_utf8_lossy(v).into_owned()
         }
-        _ => format!("sb-{}", ulid::Ulid::new()),
+        _ => {
+            // Encoded into a stack buffer: `format!` costs more than the ULID itself.
+            let mut buf = [0u8; ulid::ULID_LEN];
+            let id = ulid::Ulid::new();
+            let mut out = String::with_capacity(3 + ulid::ULID_LEN);
+            out.push_str("sb-");
+            out.push_str(id.array_to_str(&mut buf));
+            out
+        }
     }
 }
 

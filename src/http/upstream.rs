@@ -80,51 +80,48 @@ impl Prefix {
 }
 
 /// Reads the response body until it ends or at least `cap` bytes are in hand, and no later
-/// than `until` when given (then what came by then, with a timeout error).
+/// than `until` when given (then what came by then, with a timeout error). One timer for
+/// the whole read, and only if a read has to wait.
 pub async fn read_prefix(
     up: &mut UpstreamSession,
     cap: usize,
     until: Option<std::time::Instant>,
 ) -> Prefix {
     let mut buf = BytesMut::new();
-    loop {
-        let read = match until {
-            None => up.read_response_body().await,
-            Some(t) => {
-                let left = t.saturating_duration_since(std::time::Instant::now());
-                match pingora::prelude::timeout(left, up.read_response_body()).await {
-                    Ok(r) => r,
-                    Err(_) => Error::e_explain(ErrorType::ReadTimedout, "deadline passed"),
-                }
+    let read = match until {
+        None => fill(up, cap, &mut buf).await,
+        Some(t) => {
+            let left = t.saturating_duration_since(std::time::Instant::now());
+            match pingora::prelude::timeout(left, fill(up, cap, &mut buf)).await {
+                Ok(r) => r,
+                Err(_) => Error::e_explain(ErrorType::ReadTimedout, "deadline passed"),
             }
-        };
-        match read {
-            Ok(Some(chunk)) => {
+        }
+    };
+    let (complete, error) = match read {
+        Ok(complete) => (complete, None),
+        Err(e) => (false, Some(e)),
+    };
+    Prefix {
+        bytes: buf.freeze(),
+        complete,
+        error,
+    }
+}
+
+/// Reads into `buf` until the body ends (`true`) or `buf` holds at least `cap` bytes. What
+/// was read stays in `buf` whatever happens, even when this future is dropped.
+async fn fill(up: &mut UpstreamSession, cap: usize, buf: &mut BytesMut) -> Result<bool> {
+    loop {
+        match up.read_response_body().await? {
+            Some(chunk) => {
                 buf.extend_from_slice(&chunk);
                 if buf.len() >= cap {
                     // Ended exactly here? Pingora knows without another read.
-                    let complete = up.response_done();
-                    return Prefix {
-                        bytes: buf.freeze(),
-                        complete,
-                        error: None,
-                    };
+                    return Ok(up.response_done());
                 }
             }
-            Ok(None) => {
-                return Prefix {
-                    bytes: buf.freeze(),
-                    complete: true,
-                    error: None,
-                }
-            }
-            Err(e) => {
-                return Prefix {
-                    bytes: buf.freeze(),
-                    complete: false,
-                    error: Some(e),
-                }
-            }
+            None => return Ok(true),
         }
     }
 }

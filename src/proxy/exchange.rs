@@ -60,6 +60,15 @@ enum Reply {
     Error(Box<Normalized>, u16),
 }
 
+/// What is left of the request's deadline, or the deadline failure when nothing is.
+fn until(deadline: Instant, budget: Duration) -> Result<Duration, Failure> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(Failure::Deadline(budget));
+    }
+    Ok(left)
+}
+
 /// What [`Exchange::hold_for_retry`] allows.
 enum Hold {
     /// Send again.
@@ -322,11 +331,8 @@ impl Exchange {
         let cfg = &vendor.cfg;
         let (deadline, budget) = (ctx.request.deadline, ctx.request.budget);
         ctx.attempt.sent = false;
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            // Not an attempt: nothing was tried.
-            return Err(Failure::Deadline(budget));
-        }
+        // None left: not an attempt, nothing was tried.
+        let left = until(deadline, budget)?;
         // Counted before the lookup: a vendor whose name does not resolve still ends at
         // `max_attempts`, not only at the deadline.
         ctx.attempt.made += 1;
@@ -336,33 +342,43 @@ impl Exchange {
             &[&DEADLINE_HEADER],
             body,
         );
-        // Everything up to the response header, the lookup included, ends by the deadline.
-        let sent = pingora::prelude::timeout(left, async {
-            let addr = vendor
-                .resolver
-                .pick(cfg.timeouts.connect)
-                .await
-                .map_err(|e| Failure::Unresolvable(e.to_string()))?;
-            // Boxed: 672 bytes that would otherwise sit in the request's state across
-            // every await. Its timeouts are cut to what is left after the lookup.
-            let peer =
-                Box::new(vendor.peer(addr, deadline.saturating_duration_since(Instant::now())));
-            let mut up = self.upstreams.get(&peer).await?;
-            // The connector leaves these unset; Pingora's own proxy loop copies them the same way.
-            up.set_read_timeout(peer.options.read_timeout);
-            up.set_write_timeout(peer.options.write_timeout);
-            ctx.attempt.sent = true;
-            ctx.attempt.started = Some(Instant::now());
-            up.write_request_header(req).await?;
-            body::send(session, &mut up, body, cfg.max_request_body).await?;
-            let resp = upstream::read_final_header(&mut up).await?;
-            Ok::<_, Failure>((up, resp, peer))
-        })
-        .await;
-        let (mut up, resp, peer) = match sent {
+        // Each step up to the response header is timed by what is left of the deadline when
+        // it starts, so the last one ends by it: the lookup, the connect, the writes (header
+        // and buffered body; a streamed body's many writes each get that much), and the
+        // wait for the final header. No timer is added: these are the timeouts Pingora
+        // takes anyway, cut short.
+        let addr = vendor
+            .resolver
+            .pick(cfg.timeouts.connect.min(left))
+            .await
+            .map_err(|e| Failure::Unresolvable(e.to_string()))?;
+        let left = until(deadline, budget)?;
+        // Boxed: 672 bytes that would otherwise sit in the request's state across every await.
+        let peer = Box::new(vendor.peer(addr, left));
+        let mut up = self.upstreams.get(&peer).await?;
+        // The connector leaves the write timeout unset; Pingora's own loop copies it too.
+        up.set_write_timeout(Some(cfg.timeouts.response.min(until(deadline, budget)?)));
+        ctx.attempt.sent = true;
+        ctx.attempt.started = Some(Instant::now());
+        up.write_request_header(req).await?;
+        body::send(session, &mut up, body, cfg.max_request_body).await?;
+        // The header (past any 1xx) within one timer: the read timeout would restart with
+        // every read, and a vendor trickling bytes or 1xx lines would outlast the deadline.
+        let wait = cfg.timeouts.response.min(until(deadline, budget)?);
+        up.set_read_timeout(None);
+        let resp = match pingora::prelude::timeout(wait, upstream::read_final_header(&mut up)).await
+        {
             Ok(r) => r?,
-            Err(_elapsed) => return Err(Failure::Deadline(budget)),
+            Err(_) if wait < cfg.timeouts.response => return Err(Failure::Deadline(budget)),
+            Err(_) => {
+                return Err(Failure::Transport(pingora::Error::explain(
+                    pingora::ErrorType::ReadTimedout,
+                    "no response header within timeouts.response",
+                )))
+            }
         };
+        // Later reads (the body) are timed one by one, as configured.
+        up.set_read_timeout(Some(cfg.timeouts.response));
         let status = resp.status.as_u16();
         ctx.attempt.status = Some(status);
         if let Some(t) = ctx.attempt.started {
@@ -377,7 +393,7 @@ impl Exchange {
             &self.metrics.upstream_attempts,
             vendor,
             ctx,
-            &status.to_string(),
+            resp.status.as_str(),
         );
 
         let profile = &cfg.dialect;

@@ -364,14 +364,16 @@ impl ProxyHttp for Switchboard {
             .status
             .or_else(|| session.response_written().map(|r| r.status.as_u16()))
             .unwrap_or(0);
-        let status_label = if ctx.answer.client_gone {
-            "client_closed".to_string()
-        } else {
-            status.to_string()
+        // `StatusCode` names every valid status without formatting one.
+        let code = http::StatusCode::from_u16(status).ok();
+        let status_label = match (ctx.answer.client_gone, &code) {
+            (true, _) => "client_closed",
+            (false, Some(c)) => c.as_str(),
+            (false, None) => "0",
         };
         self.metrics
             .requests
-            .with_label_values(&[&v.cfg.name, endpoint, method_label(method), &status_label])
+            .with_label_values(&[&v.cfg.name, endpoint, method_label(method), status_label])
             .inc();
         if let Some((code, source)) = ctx.answer.error {
             self.metrics
