@@ -70,17 +70,7 @@ async fn read_head(stream: &mut TcpStream) -> (u16, Vec<(String, String)>) {
         "{}",
         String::from_utf8_lossy(&head)
     );
-    let headers = r
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
-    (r.code.unwrap_or(0), headers)
+    (r.code.unwrap_or(0), header_pairs(r.headers))
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {

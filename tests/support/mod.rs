@@ -256,17 +256,7 @@ impl Conn {
             let mut r = httparse::Response::new(&mut hs);
             match r.parse(&self.buf) {
                 Ok(httparse::Status::Complete(n)) => {
-                    let headers = r
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.name.to_ascii_lowercase(),
-                                String::from_utf8_lossy(h.value).into_owned(),
-                            )
-                        })
-                        .collect::<Vec<_>>();
-                    break (r.code.unwrap_or(0), headers, n);
+                    break (r.code.unwrap_or(0), header_pairs(r.headers), n);
                 }
                 Ok(httparse::Status::Partial) => {
                     if self.fill().await? == 0 {
@@ -351,6 +341,19 @@ impl Conn {
             truncated,
         })
     }
+}
+
+/// Parsed headers as (lowercase name, value) pairs.
+pub fn header_pairs(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
 }
 
 /// One request on a fresh connection.
