@@ -17,6 +17,11 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
 ];
 
+/// Buckets for a shared decision: 100 µs to 50 ms (the decision's own timeout is ~5 ms).
+pub const QUOTA_BUCKETS: [f64; 10] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+];
+
 /// One endpoint's latency histograms.
 pub struct Latency {
     /// `switchboard_request_duration_seconds` of the endpoint.
@@ -49,6 +54,26 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// `switchboard_retry_giveups_total{vendor,endpoint,reason}`
     pub retry_giveups: IntCounterVec,
+    /// The shared quota store's families (SPEC §7), present whether or not one is set.
+    pub quota: QuotaMetrics,
+}
+
+/// `reason` labels of `switchboard_quota_store_errors_total` (pre-created at 0).
+pub const QUOTA_ERRORS: [&str; 3] = ["timeout", "connect", "script"];
+
+/// The shared quota store's metric handles.
+#[derive(Clone)]
+pub struct QuotaMetrics {
+    /// `switchboard_quota_store_duration_seconds`: one shared decision, round trip included.
+    pub duration: prometheus::Histogram,
+    /// `switchboard_quota_store_errors_total{reason}`.
+    pub errors: IntCounterVec,
+    /// `switchboard_quota_store_fallback`: 1 while deciding on the local share.
+    pub fallback: prometheus::IntGauge,
+    /// `switchboard_quota_store_replicas`: live replicas last counted through the heartbeat.
+    pub replicas: prometheus::IntGauge,
+    /// `switchboard_quota_store_expected_replicas`: the configured `expected_replicas`.
+    pub expected_replicas: prometheus::IntGauge,
 }
 
 /// Bounded label for an HTTP method.
@@ -134,6 +159,42 @@ impl Metrics {
             "Retriable-looking outcomes answered without a retry, by why (budget, max_attempts, unsafe, ...)",
             &["vendor", "endpoint", "reason"],
         )?;
+        let plain_gauge = |name: &str, help: &str| {
+            let g = prometheus::IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok::<_, prometheus::Error>(g)
+        };
+        let quota_duration = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "switchboard_quota_store_duration_seconds",
+                "One shared quota decision, Redis round trip included",
+            )
+            .buckets(QUOTA_BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(quota_duration.clone()))?;
+        let quota = QuotaMetrics {
+            duration: quota_duration,
+            errors: counter(
+                "switchboard_quota_store_errors_total",
+                "Shared quota decisions that failed, by reason (timeout, connect, script)",
+                &["reason"],
+            )?,
+            fallback: plain_gauge(
+                "switchboard_quota_store_fallback",
+                "1 while shared limits are decided on this replica's local share",
+            )?,
+            replicas: plain_gauge(
+                "switchboard_quota_store_replicas",
+                "Live replicas last counted through the quota store's heartbeat",
+            )?,
+            expected_replicas: plain_gauge(
+                "switchboard_quota_store_expected_replicas",
+                "The configured quota_store.expected_replicas (0 without a quota store)",
+            )?,
+        };
+        for reason in QUOTA_ERRORS {
+            quota.errors.with_label_values(&[reason]);
+        }
         for (vendor, endpoints) in vendors {
             queue_depth.with_label_values(&[vendor]);
             ratelimit_keys.with_label_values(&[vendor]);
@@ -163,6 +224,7 @@ impl Metrics {
             upstream_attempts,
             retries,
             retry_giveups,
+            quota,
         })
     }
 
