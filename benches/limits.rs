@@ -68,6 +68,7 @@ fn limiter() -> Limiter {
         max_wait: Duration::ZERO,
         max_waiters: 1,
         shadow: false,
+        shared: false,
     };
     Limiter::new(
         std::slice::from_ref(&spec),

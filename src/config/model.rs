@@ -30,8 +30,24 @@ pub struct Config {
     pub log: Log,
     /// Folder holding `<profile>.yaml` vendor profiles.
     pub profiles_dir: PathBuf,
+    /// Where limits marked `shared` are decided (none: every limit is this pod's own).
+    pub quota_store: Option<QuotaStore>,
     /// One entry per vendor listener.
     pub vendors: Vec<Vendor>,
+}
+
+/// `quota_store:` — the Redis that decides limits marked `shared: true` for the fleet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuotaStore {
+    /// `redis://` or `rediss://` URLs: one for a standalone Redis, several for Cluster nodes.
+    pub urls: Vec<String>,
+    /// Environment variable holding the password (read at start-up, never logged).
+    pub password_env: Option<String>,
+    /// Longest a decision waits on Redis before this pod decides on its local share.
+    pub timeout: Duration,
+    /// Replicas assumed when counting live ones is not possible (the local share is
+    /// `rate / max(expected_replicas, live replicas)`).
+    pub expected_replicas: u32,
 }
 
 /// `admin:` — the listener for `/metrics`, `/healthz`, `/readyz`.
@@ -688,6 +704,12 @@ fn limit(raw: &RawLimit, path: &str, p: &mut Problems) -> Option<BucketSpec> {
             1
         }
     };
+    if raw.shared && raw.shadow {
+        p.push(
+            format!("{path}.shared"),
+            "a shared limit cannot be shadow (shadow limits are counted per pod)",
+        );
+    }
     let shape = Shape { rate, per, burst };
     if p.0.len() == before && shape.quota().is_none() {
         p.push(path, "this rate, per and burst make no usable bucket");
@@ -699,6 +721,7 @@ fn limit(raw: &RawLimit, path: &str, p: &mut Problems) -> Option<BucketSpec> {
         max_wait,
         max_waiters,
         shadow: raw.shadow,
+        shared: raw.shared,
     })
 }
 
@@ -806,6 +829,19 @@ pub(crate) fn validate(v: &Value, file: &Path, base_dir: &Path) -> Result<Config
         }
     }
 
+    let quota_store = quota_store(&raw.quota_store, &mut p);
+    // Only when there is none at all: an invalid one has its own problems listed.
+    if raw.quota_store.is_null() {
+        for (path, shared) in shared_limits(&raw.vendors) {
+            if shared {
+                p.push(
+                    path,
+                    "shared: true needs a quota_store (the Redis that decides it for the fleet)",
+                );
+            }
+        }
+    }
+
     if !p.0.is_empty() {
         return Err(p);
     }
@@ -821,8 +857,160 @@ pub(crate) fn validate(v: &Value, file: &Path, base_dir: &Path) -> Result<Config
         server: Server { threads },
         log: Log { format, level },
         profiles_dir,
+        quota_store,
         vendors,
     })
+}
+
+/// Every limit's `shared` flag with its key path, read from the raw vendor entries (so it is
+/// found even in entries with other problems).
+fn shared_limits(vendors: &[Value]) -> Vec<(String, bool)> {
+    let flag = |l: &Value| l.get("shared").and_then(Value::as_bool).unwrap_or(false);
+    let mut out = Vec::new();
+    for (i, v) in vendors.iter().enumerate() {
+        for (j, l) in v
+            .get("limits")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            out.push((format!("vendors[{i}].limits[{j}].shared"), flag(l)));
+        }
+        let endpoints = v.get("endpoints").and_then(Value::as_array);
+        for (k, e) in endpoints.into_iter().flatten().enumerate() {
+            let limits = e.get("limits").and_then(Value::as_array);
+            for (j, l) in limits.into_iter().flatten().enumerate() {
+                let path = format!("vendors[{i}].endpoints[{k}].limits[{j}].shared");
+                out.push((path, flag(l)));
+            }
+        }
+    }
+    out
+}
+
+/// `quota_store:`, when present: every bad value reported with its path.
+fn quota_store(v: &Value, p: &mut Problems) -> Option<QuotaStore> {
+    if v.is_null() {
+        return None;
+    }
+    let before = p.0.len();
+    let raw: RawQuotaStore = typed(v, "quota_store", p)?;
+    let urls: Vec<String> = match &raw.redis {
+        None => {
+            p.push(
+                "quota_store.redis",
+                "required: a redis:// URL or a list of Cluster nodes",
+            );
+            Vec::new()
+        }
+        Some(Value::String(u)) => vec![u.clone()],
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, u)| match u.as_str() {
+                Some(u) => Some(u.to_string()),
+                None => {
+                    p.push(
+                        format!("quota_store.redis[{i}]"),
+                        format!("expected a URL, got {u}"),
+                    );
+                    None
+                }
+            })
+            .collect(),
+        Some(other) => {
+            p.push(
+                "quota_store.redis",
+                format!("expected a URL or a list of URLs, got {other}"),
+            );
+            Vec::new()
+        }
+    };
+    let many = urls.len() > 1;
+    for (i, u) in urls.iter().enumerate() {
+        let path = if many {
+            format!("quota_store.redis[{i}]")
+        } else {
+            "quota_store.redis".to_string()
+        };
+        if let Err(why) = redis_url(u) {
+            p.push(path, why);
+        }
+    }
+    if let Some(var) = &raw.password_env {
+        let named = !var.is_empty() && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !named {
+            p.push(
+                "quota_store.password_env",
+                format!("invalid variable name {var:?}"),
+            );
+        } else if std::env::var_os(var).is_none() {
+            p.push(
+                "quota_store.password_env",
+                format!("environment variable {var} is not set"),
+            );
+        }
+    }
+    let timeout = duration(
+        raw.timeout.as_deref(),
+        Duration::from_millis(5),
+        "quota_store.timeout",
+        p,
+    );
+    if timeout.is_zero() || timeout > Duration::from_secs(1) {
+        p.push(
+            "quota_store.timeout",
+            format!("{timeout:?} is out of range (expected 1ms to 1s: a decision waits this long at most)"),
+        );
+    }
+    let expected_replicas = match raw.expected_replicas {
+        None => 1,
+        Some(n) if (1..=10_000).contains(&n) => n as u32,
+        Some(n) => {
+            p.push(
+                "quota_store.expected_replicas",
+                format!("invalid expected_replicas {n} (expected 1 to 10000)"),
+            );
+            1
+        }
+    };
+    (p.0.len() == before).then_some(QuotaStore {
+        urls,
+        password_env: raw.password_env,
+        timeout,
+        expected_replicas,
+    })
+}
+
+/// Checks a Redis URL: `redis://` or `rediss://` (TLS), a host, an optional port; no
+/// password in it (that belongs in `password_env`, out of the config file).
+fn redis_url(u: &str) -> Result<(), String> {
+    // Checked first, and the URL not echoed: it would carry the password into the output.
+    if u.contains('@') {
+        return Err("invalid Redis URL: credentials in the URL (use password_env instead)".into());
+    }
+    let bad = |why: &str| Err(format!("invalid Redis URL {u:?}: {why}"));
+    let Some((scheme, rest)) = u.split_once("://") else {
+        return bad("expected redis://host:port or rediss://host:port");
+    };
+    if scheme != "redis" && scheme != "rediss" {
+        return bad("the scheme must be redis or rediss");
+    }
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (h, Some(p)),
+        _ => (authority, None),
+    };
+    if host.is_empty() {
+        return bad("no host");
+    }
+    if let Some(p) = port {
+        if p.parse::<u16>().map_or(true, |n| n == 0) {
+            return bad("the port must be 1 to 65535");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -849,5 +1037,45 @@ mod tests {
         assert!(parse_upstream("ftp://x").is_err());
         assert!(parse_upstream("https://x.io/v1").is_err());
         assert!(parse_upstream("nonsense").is_err());
+    }
+}
+
+#[cfg(test)]
+mod quota_store_tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<Config, Problems> {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let v: Value =
+            serde_json::to_value(serde_yaml_value(yaml).unwrap_or_else(|e| panic!("{e}")))
+                .unwrap_or_default();
+        validate(&v, &dir.path().join("c.yaml"), dir.path())
+    }
+
+    /// The YAML as the `config` crate would hand it over (through JSON).
+    fn serde_yaml_value(yaml: &str) -> Result<Value, String> {
+        ::config::Config::builder()
+            .add_source(::config::File::from_str(yaml, ::config::FileFormat::Yaml))
+            .build()
+            .and_then(|c| c.try_deserialize::<Value>())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_valid_store_and_shared_limits_load() {
+        let cfg = load(
+            "quota_store: { redis: [ 'redis://10.0.0.1:6379', 'rediss://r.example:6380' ], timeout: 20ms, expected_replicas: 3 }\n\
+             vendors:\n  - { name: v, listen: '127.0.0.1:18999', upstream: 'https://api.example', limits: [ { rate: 30, per: 3s, shared: true } ] }\n",
+        )
+        .unwrap_or_else(|p| panic!("{:?}", p.0));
+        let q = cfg.quota_store.unwrap_or_else(|| panic!("no store"));
+        assert_eq!(q.urls.len(), 2);
+        assert_eq!(q.timeout, Duration::from_millis(20));
+        assert_eq!(q.expected_replicas, 3);
+        assert!(cfg.vendors[0].limits[0].shared);
+        // Without the section, defaults: none, and limits are the pod's own.
+        let cfg = load("vendors:\n  - { name: v, listen: '127.0.0.1:18999', upstream: 'https://api.example' }\n")
+            .unwrap_or_else(|p| panic!("{:?}", p.0));
+        assert!(cfg.quota_store.is_none());
     }
 }

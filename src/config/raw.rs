@@ -21,7 +21,19 @@ pub struct RawConfig {
     pub log: Value,
     pub profiles_dir: Option<String>,
     #[serde(default)]
+    pub quota_store: Value,
+    #[serde(default)]
     pub vendors: Vec<Value>,
+}
+
+/// `quota_store:` — where limits marked `shared` are decided.
+#[derive(Debug, Deserialize, Default)]
+pub struct RawQuotaStore {
+    /// One URL, or a list of Redis Cluster nodes.
+    pub redis: Option<Value>,
+    pub password_env: Option<String>,
+    pub timeout: Option<String>,
+    pub expected_replicas: Option<i64>,
 }
 
 /// `admin:`
@@ -116,6 +128,8 @@ pub struct RawLimit {
     pub max_waiters: Option<i64>,
     #[serde(default)]
     pub shadow: bool,
+    #[serde(default)]
+    pub shared: bool,
 }
 
 /// `vendors[].timeouts:`

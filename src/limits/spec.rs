@@ -56,4 +56,6 @@ pub struct BucketSpec {
     pub max_waiters: usize,
     /// Count what would be rejected, never block.
     pub shadow: bool,
+    /// Decided for the whole fleet in the quota store (`shared: true`), not by this pod alone.
+    pub shared: bool,
 }

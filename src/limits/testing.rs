@@ -20,6 +20,7 @@ pub(super) fn spec(rate: u32, per_s: u64, burst: u32) -> BucketSpec {
         max_wait: Duration::from_secs(5),
         max_waiters: 100,
         shadow: false,
+        shared: false,
     }
 }
 
