@@ -129,6 +129,7 @@ impl KindStr for redis::RedisError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -630,6 +630,7 @@ fn parse_decision(v: &Value) -> Option<(SharedVerdict, Option<u64>)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -684,6 +685,34 @@ mod tests {
             Some((SharedVerdict::Wait(Duration::from_micros(1500)), None))
         );
         assert_eq!(parse_decision(&Value::Int(1)), None);
+    }
+
+    /// Pingora's hooks are `Send` futures on several runtimes: the handle must be shared
+    /// across threads and its futures moved between them.
+    #[test]
+    fn handle_and_futures_are_send() {
+        fn send_sync<T: Send + Sync>(_: &T) {}
+        fn send<T: Send>(_: T) {}
+        let store = QuotaStore::start(
+            StoreSettings {
+                urls: vec!["redis://127.0.0.1:1".into()],
+                password: None,
+                timeout: Duration::from_millis(5),
+                expected_replicas: 1,
+                replica_id: "t".into(),
+            },
+            crate::metrics::Metrics::new(&[]).unwrap().quota,
+        );
+        send_sync(&store);
+        let buckets = [SharedBucket::from_shape("v:0", 1, Duration::from_secs(1), 1).unwrap()];
+        let r = SharedRequest {
+            vendor: "v",
+            account: "a",
+            cost: 1,
+            buckets: &buckets,
+        };
+        send(store.decide(&r));
+        send(store.pause("v", "a", Duration::from_secs(1)));
     }
 
     #[test]
