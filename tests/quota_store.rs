@@ -499,6 +499,46 @@ async fn password_is_sent_with_auth() {
     assert_eq!(redis.cli(&["ZRANGE", "sb:replicas", "0", "-1"]), "pod-a");
 }
 
+#[tokio::test]
+async fn tls_handshake_failure_keeps_probing() {
+    // rediss:// to a server that is not TLS: the rustls handshake fails (no panic for want of
+    // a crypto provider), the store stays in fallback and its thread goes on probing.
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicU32::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = sock.write_all(b"-ERR not tls\r\n").await;
+            });
+        }
+    });
+    let store = QuotaStore::start(
+        StoreSettings {
+            urls: vec![format!("rediss://127.0.0.1:{port}")],
+            password: None,
+            timeout: CALM,
+            expected_replicas: 1,
+            replica_id: "pod-a".into(),
+        },
+        metrics(),
+    );
+    until(Duration::from_secs(10), "three probes", || async {
+        accepted.load(Ordering::Relaxed) >= 3
+    })
+    .await;
+    assert!(store.in_fallback());
+    let buckets = [SharedBucket::from_shape("v:0", 10, Duration::from_secs(1), 1).unwrap()];
+    assert_eq!(
+        store.decide(&req("acct", &buckets)).await,
+        Err(StoreError::Open)
+    );
+}
+
 /// AUTH attempts Redis refused (`INFO errorstats`).
 fn wrongpass(redis: &Redis) -> u64 {
     let info = redis.cli(&["INFO", "errorstats"]);
