@@ -15,6 +15,7 @@ pub mod limits;
 pub mod metrics;
 pub mod normalize;
 pub mod proxy;
+pub mod quota;
 pub mod redact;
 pub mod retry;
 pub mod routing;
