@@ -258,6 +258,17 @@ impl Metrics {
         }
     }
 
+    /// Like [`Metrics::limits`], with a key gauge of its own that is not exported: for a
+    /// second limiter of the vendor (the shared limits' local share), whose decisions count
+    /// with the vendor's but whose key count would overwrite the first one's.
+    pub fn limits_uncounted_keys(&self, vendor: &str) -> crate::limits::LimitMetrics {
+        let mut m = self.limits(vendor);
+        if let Ok(g) = prometheus::IntGauge::new("switchboard_unexported_keys", "unexported") {
+            m.keys = g;
+        }
+        m
+    }
+
     /// The Prometheus text exposition of every family.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);

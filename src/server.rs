@@ -30,7 +30,7 @@ use crate::http::pool::Upstreams;
 use crate::lifecycle::Lifecycle;
 use crate::limits::Sweeper;
 use crate::metrics::Metrics;
-use crate::proxy::{Exchange, Switchboard, VendorRuntime};
+use crate::proxy::{Exchange, Quota, Switchboard, VendorRuntime};
 use crate::routing::DnsRefresher;
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
@@ -107,6 +107,10 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
             })
             .collect::<Vec<_>>(),
     )?;
+    let quota = cfg
+        .quota_store
+        .as_ref()
+        .map(|q| start_quota_store(q, &metrics));
     let vendors: Vec<Arc<VendorRuntime>> = cfg
         .vendors
         .iter()
@@ -115,11 +119,18 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
                 v.clone(),
                 &metrics,
                 Some(lifecycle.clone()),
+                quota.as_ref(),
             ))
         })
         .collect();
     let resolvers = vendors.iter().map(|v| v.resolver.clone()).collect();
-    let limiters = vendors.iter().map(|v| v.limits.clone()).collect();
+    let limiters = vendors
+        .iter()
+        .flat_map(|v| {
+            let share = v.shared.as_ref().map(|s| s.fallback().clone());
+            std::iter::once(v.limits.clone()).chain(share)
+        })
+        .collect();
     let listen: Vec<SocketAddr> = cfg.vendors.iter().map(|v| v.listen).collect();
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
@@ -169,6 +180,37 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
     });
     tracing::info!("switchboard stopped");
     Ok(())
+}
+
+/// Starts the fleet's quota store: it connects in the background on a thread of its own, so
+/// start-up and readiness never wait for Redis (until it answers, shared limits are decided
+/// on this pod's local share).
+fn start_quota_store(q: &crate::config::QuotaStore, metrics: &Metrics) -> Quota {
+    // Checked by the config's validation; read here once and kept out of every log.
+    let password = q
+        .password_env
+        .as_ref()
+        .and_then(|var| std::env::var(var).ok());
+    // The account hash must be keyed the same on every replica: the store's password is a
+    // secret they all share. Without one the hash is a fixed-salt digest (still never the
+    // key; README says to set a password).
+    let secret = password
+        .clone()
+        .unwrap_or_else(|| "switchboard-account".to_string())
+        .into_bytes();
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "switchboard".to_string());
+    let settings = crate::quota::StoreSettings {
+        urls: q.urls.clone(),
+        password,
+        timeout: q.timeout,
+        expected_replicas: q.expected_replicas,
+        replica_id: format!("{host}:{}:{}", std::process::id(), ulid::Ulid::new()),
+    };
+    Quota {
+        store: crate::quota::QuotaStore::start(settings, metrics.quota.clone()),
+        secret,
+        expected_replicas: q.expected_replicas,
+    }
 }
 
 /// Marks the process ready once every vendor listener accepts connections.

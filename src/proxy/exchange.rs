@@ -128,13 +128,21 @@ impl Exchange {
         if declared.is_some_and(|n| n > limit) {
             return Some(respond::failure(session, ctx, vendor, Failure::TooLarge(limit)).await);
         }
-        if vendor.limits.applies(ctx.route.endpoint) {
-            let key = ctx.route.limit_key;
-            if let Verdict::Reject(r) = vendor.limits.admit(key, ctx.route.endpoint).await {
-                let (env, extra) =
-                    Envelope::rate_limited_locally(&r, &vendor.cfg.name, &ctx.request.id);
-                return Some(respond::local(session, ctx, vendor, env, &extra, true).await);
+        let (key, ep) = (ctx.route.limit_key, ctx.route.endpoint);
+        let mut verdict = Verdict::Allow;
+        if vendor.limits.applies(ep) {
+            verdict = vendor.limits.admit(key, ep).await;
+        }
+        // The fleet's shared buckets only for what this pod's own let through.
+        if let (Verdict::Allow, Some(shared)) = (verdict, &vendor.shared) {
+            if shared.applies(ep) {
+                verdict = shared.admit(&session.req_header().headers, key, ep).await;
             }
+        }
+        if let Verdict::Reject(r) = verdict {
+            let (env, extra) =
+                Envelope::rate_limited_locally(&r, &vendor.cfg.name, &ctx.request.id);
+            return Some(respond::local(session, ctx, vendor, env, &extra, true).await);
         }
         None
     }
@@ -185,6 +193,16 @@ impl Exchange {
                     if outcome.vendor_throttled() {
                         let (key, ep) = (ctx.route.limit_key, ctx.route.endpoint);
                         vendor.limits.vendor_said(key, ep, true, e.retry_after_s);
+                        if let Some(shared) = &vendor.shared {
+                            shared
+                                .fallback()
+                                .vendor_said(key, ep, true, e.retry_after_s);
+                            // Every replica waits, not only the one the vendor told.
+                            if let Some(h) = e.retry_after_s.filter(|h| *h > 0) {
+                                let headers = &session.req_header().headers;
+                                shared.pause(headers, Duration::from_secs(h)).await;
+                            }
+                        }
                         outcome = outcome.or_hint(crate::limits::UNHINTED_PAUSE);
                     }
                     let mut env = Box::new(n.envelope);
@@ -309,7 +327,17 @@ impl Exchange {
         }
         let (key, ep) = (ctx.route.limit_key, ctx.route.endpoint);
         let until = ctx.request.deadline.into();
-        let admitted = tokio::time::timeout_at(until, vendor.limits.admit(key, ep)).await;
+        let headers = &session.req_header().headers;
+        let both = async {
+            match vendor.limits.admit(key, ep).await {
+                Verdict::Allow => match &vendor.shared {
+                    Some(shared) => shared.admit(headers, key, ep).await,
+                    None => Verdict::Allow,
+                },
+                reject => reject,
+            }
+        };
+        let admitted = tokio::time::timeout_at(until, both).await;
         let stop = match admitted {
             Ok(Verdict::Allow) => return Hold::Go,
             Ok(Verdict::Reject(_)) => GiveUp::RateLimit,

@@ -27,7 +27,7 @@ use pingora::{Error, ErrorType, Result};
 use crate::config::Vendor;
 use crate::http::{headers, upstream};
 use crate::lifecycle::Lifecycle;
-use crate::limits::{KeySource, Limiter};
+use crate::limits::{BucketSpec, KeySource, Limiter, SharedLimits};
 use crate::metrics::{method_label, Latency, Metrics};
 use crate::normalize::transport;
 use crate::routing::{Resolver, Router};
@@ -41,8 +41,10 @@ pub struct VendorRuntime {
     pub router: Router,
     /// Cached upstream addresses.
     pub resolver: Arc<Resolver>,
-    /// Rate limits.
+    /// Rate limits decided by this pod alone.
     pub limits: Arc<Limiter>,
+    /// Limits marked `shared`, decided for the fleet in the quota store.
+    pub shared: Option<SharedLimits>,
     /// Retry budget.
     pub retry_budget: crate::retry::Budget,
     /// Places for requests waiting to be retried.
@@ -61,18 +63,43 @@ impl VendorRuntime {
     }
 
     /// Builds the runtime pieces for one vendor; `metrics` receives its rate-limit series;
-    /// `lifecycle` tells queued requests that shutdown started.
-    pub fn new(cfg: Vendor, metrics: &Metrics, lifecycle: Option<Arc<Lifecycle>>) -> Self {
+    /// `lifecycle` tells queued requests that shutdown started; `quota` is the fleet's
+    /// quota store, when one is configured.
+    pub fn new(
+        cfg: Vendor,
+        metrics: &Metrics,
+        lifecycle: Option<Arc<Lifecycle>>,
+        quota: Option<&Quota>,
+    ) -> Self {
         let router = Router::new(cfg.endpoints.clone());
         let resolver = Arc::new(Resolver::new(&cfg.upstream, cfg.dns_refresh));
         let header = header_name(&cfg.key.header);
-        let per_endpoint: Vec<_> = cfg.endpoints.iter().map(|e| e.limits.clone()).collect();
+        let source = KeySource::new(header, cfg.key.scheme.clone());
+        let own = |specs: &[BucketSpec]| -> Vec<BucketSpec> {
+            specs.iter().filter(|s| !s.shared).cloned().collect()
+        };
+        let all_per_endpoint: Vec<_> = cfg.endpoints.iter().map(|e| e.limits.clone()).collect();
+        let per_endpoint: Vec<_> = all_per_endpoint.iter().map(|e| own(e)).collect();
         let names: Vec<String> = router.names().map(str::to_string).collect();
+        let shared = quota.and_then(|q| {
+            SharedLimits::new(
+                q.store.clone(),
+                &cfg.name,
+                q.secret.clone(),
+                &cfg.limits,
+                &all_per_endpoint,
+                &names,
+                source.clone(),
+                cfg.max_keys,
+                q.expected_replicas,
+                Some(metrics.limits_uncounted_keys(&cfg.name)),
+            )
+        });
         let mut limiter = Limiter::new(
-            &cfg.limits,
+            &own(&cfg.limits),
             &per_endpoint,
             &names,
-            KeySource::new(header, cfg.key.scheme.clone()),
+            source,
             cfg.max_keys,
             Some(metrics.limits(&cfg.name)),
         );
@@ -94,6 +121,7 @@ impl VendorRuntime {
             router,
             resolver,
             limits,
+            shared,
             retry_budget,
             retry_queue,
         }
@@ -114,6 +142,16 @@ impl VendorRuntime {
         o.idle_timeout = Some(cfg.timeouts.idle);
         peer
     }
+}
+
+/// The fleet's quota store and what every vendor needs of it.
+pub struct Quota {
+    /// The store.
+    pub store: Arc<crate::quota::QuotaStore>,
+    /// Keys the account hash: the same on every replica (the store's password when set).
+    pub secret: Vec<u8>,
+    /// Sizes each pod's local share (`rate / expected_replicas`).
+    pub expected_replicas: u32,
 }
 
 /// The configured key header; validated at load, so the fallback is never taken.

@@ -86,18 +86,41 @@ impl Sb {
 
     /// Like [`Sb::start`], with a grace period and extra environment.
     pub fn start_with(vendors_yaml: &str, grace: &str, env: &[(&str, String)]) -> Sb {
-        Self::start_full(vendors_yaml, grace, env, &root().join("config/profiles"))
+        Self::start_full(
+            "",
+            vendors_yaml,
+            grace,
+            env,
+            &root().join("config/profiles"),
+        )
     }
 
     /// Like [`Sb::start`], with profiles from another folder.
     pub fn start_in(vendors_yaml: &str, profiles: &Path) -> Sb {
-        Self::start_full(vendors_yaml, "5s", &[], profiles)
+        Self::start_full("", vendors_yaml, "5s", &[], profiles)
     }
 
-    fn start_full(vendors_yaml: &str, grace: &str, env: &[(&str, String)], profiles: &Path) -> Sb {
+    /// Like [`Sb::start`], with more top-level config (e.g. a `quota_store:` section).
+    pub fn start_top(top_yaml: &str, vendors_yaml: &str) -> Sb {
+        Self::start_full(
+            top_yaml,
+            vendors_yaml,
+            "5s",
+            &[],
+            &root().join("config/profiles"),
+        )
+    }
+
+    fn start_full(
+        top: &str,
+        vendors_yaml: &str,
+        grace: &str,
+        env: &[(&str, String)],
+        profiles: &Path,
+    ) -> Sb {
         let admin_port = free_port();
         let text = format!(
-            "{}vendors:\n{vendors_yaml}",
+            "{}{top}vendors:\n{vendors_yaml}",
             preamble_in(admin_port, grace, profiles)
         );
         let dir = tempfile::tempdir().expect("tempdir");

@@ -1,0 +1,228 @@
+//! Fleet quotas end to end: several real Switchboard processes sharing one real
+//! `redis-server`, in front of a simulator that enforces the vendor's own window per key and
+//! counts the 429s it sends. Per-pod limits would let three sidecars send three times the
+//! vendor's number; shared ones must hold it for the fleet.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::AsyncReadExt;
+
+/// A `redis-server` of the test's own on a free port, killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (./dev setup installs it)");
+        let r = Redis { child, port };
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen");
+            #[allow(clippy::disallowed_methods)] // sync start-up poll, bounded above
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Every key Redis holds now (`KEYS *` over the wire).
+    async fn keys(&self) -> String {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        use tokio::io::AsyncWriteExt;
+        s.write_all(b"*2\r\n$4\r\nKEYS\r\n$1\r\n*\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 65536];
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `POST /v1/calls` for `key` as fast as answers come back until `until`, pausing
+/// 20 ms after a 429 (an app backing off, and less spinning on 2 CPUs). Returns the
+/// statuses seen.
+async fn hammer(addr: SocketAddr, key: String, until: Instant) -> Vec<u16> {
+    let mut seen = Vec::new();
+    let auth = format!("Bearer {key}");
+    let mut conn = Conn::open(addr).await;
+    while Instant::now() < until {
+        let req = request(
+            "POST",
+            "/v1/calls",
+            &[("authorization", &auth)],
+            Some(b"{}"),
+        );
+        let r = match conn.send(&req).await {
+            Ok(r) => r,
+            Err(_) => {
+                conn = Conn::open(addr).await;
+                continue;
+            }
+        };
+        seen.push(r.status);
+        if r.status == 429 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_sidecars_share_one_vendor_quota() {
+    let redis = Redis::start();
+    // The vendor: 30 per 3 s per key, a sliding window, counting its own 429s.
+    let scenario = "limits:\n  - { match: { path_prefix: /v1/calls }, rate: 30, per: 3s, key_header: authorization }\ndefault: { status: 201, json: { id: c } }\n";
+    let s = sim("tryvox", scenario).await;
+    let upstream = format!("http://{}", s.addr());
+    let store = format!(
+        "quota_store: {{ redis: '{}', timeout: 50ms, expected_replicas: 3 }}\n",
+        redis.url()
+    );
+    let mut pods = Vec::new();
+    for _ in 0..3 {
+        let port = free_port();
+        let vendor = vendor_yaml(
+            "tryvox",
+            port,
+            &upstream,
+            "    limits: [ { rate: 30, per: 3s, burst: 3, shared: true } ]\n",
+        );
+        pods.push((Sb::start_top(&store, &vendor), port));
+    }
+    // Start-up never waits for Redis: each pod begins on its local share. Load starts once
+    // every pod decides in Redis (the fallback test covers the other case).
+    for (sb, _) in &pods {
+        until_metric(sb.admin, "switchboard_quota_store_fallback", 0.0).await;
+    }
+    let until = Instant::now() + Duration::from_secs(9);
+    let mut tasks = Vec::new();
+    for (_, port) in &pods {
+        for key in ["sk_test_fleet_A", "sk_test_fleet_B"] {
+            tasks.push(tokio::spawn(hammer(local(*port), key.to_string(), until)));
+        }
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.extend(t.await.unwrap());
+    }
+    let accepted = s.hits() - s.limited();
+    assert_eq!(
+        s.limited(),
+        0,
+        "the vendor answered 429: the fleet went over its quota"
+    );
+    assert!(
+        statuses.iter().all(|&c| c == 201 || c == 429),
+        "{statuses:?}"
+    );
+    // Two keys, each 30 per 3 s for 9 s: 90 each at most; GCRA with a burst of 3 admits
+    // 3 + 9 s / (3 s / 28) ≈ 87 per key. The fleet must use the quota, not hoard it.
+    let per_key = accepted as f64 / 2.0;
+    assert!(per_key <= 93.0, "{accepted} accepted for two keys");
+    assert!(
+        per_key >= 0.9 * 87.0,
+        "only {accepted} accepted for two keys"
+    );
+    // No API key in any Redis key.
+    let keys = redis.keys().await;
+    assert!(keys.contains("sb:{tryvox:"), "{keys}");
+    assert!(
+        !keys.contains("fleet_A") && !keys.contains("fleet_B"),
+        "{keys}"
+    );
+    // Every pod decided in Redis (not on its local share).
+    for (sb, _) in &pods {
+        let m = get(sb.admin, "/metrics").await.text();
+        assert_eq!(metric(&m, "switchboard_quota_store_fallback"), Some(0.0));
+        let asked = metric(&m, "switchboard_quota_store_duration_seconds_count");
+        assert!(asked.is_some_and(|n| n > 10.0), "{asked:?}");
+    }
+    eprintln!("accepted {accepted} for two keys (at most 2 x 87 by the GCRA)");
+}
+
+/// Redis unreachable from the start: start-up does not wait for it, every request is
+/// answered, and each pod decides on its local share (`rate / expected_replicas`), so the
+/// fleet still stays within the vendor's quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_each_pod_keeps_to_its_share() {
+    let scenario = "limits:\n  - { match: { path_prefix: /v1/calls }, rate: 30, per: 3s, key_header: authorization }\ndefault: { status: 201, json: { id: c } }\n";
+    let s = sim("tryvox", scenario).await;
+    let upstream = format!("http://{}", s.addr());
+    // Nothing listens there.
+    let store = format!(
+        "quota_store: {{ redis: 'redis://127.0.0.1:{}', timeout: 20ms, expected_replicas: 3 }}\n",
+        free_port()
+    );
+    let mut pods = Vec::new();
+    for _ in 0..3 {
+        let port = free_port();
+        let vendor = vendor_yaml(
+            "tryvox",
+            port,
+            &upstream,
+            "    limits: [ { rate: 30, per: 3s, burst: 3, shared: true } ]\n",
+        );
+        pods.push((Sb::start_top(&store, &vendor), port));
+    }
+    for (sb, _) in &pods {
+        let m = get(sb.admin, "/metrics").await.text();
+        assert_eq!(metric(&m, "switchboard_quota_store_fallback"), Some(1.0));
+    }
+    let until = Instant::now() + Duration::from_secs(6);
+    let mut tasks = Vec::new();
+    for (_, port) in &pods {
+        tasks.push(tokio::spawn(hammer(
+            local(*port),
+            "sk_test_down".into(),
+            until,
+        )));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.extend(t.await.unwrap());
+    }
+    assert!(!statuses.is_empty());
+    assert!(
+        statuses.iter().all(|&c| c == 201 || c == 429),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        s.limited(),
+        0,
+        "the vendor answered 429 while Redis was down"
+    );
+    // Each pod: 10 per 3 s, burst 1 -> at most 1 + 6 s / 300 ms = 21; the fleet 63.
+    let accepted = s.hits() - s.limited();
+    assert!(accepted <= 63, "{accepted}");
+    assert!(accepted >= 45, "the local shares were not used: {accepted}");
+}
