@@ -136,7 +136,10 @@ impl Exchange {
         // The fleet's shared buckets only for what this pod's own let through.
         if let (Verdict::Allow, Some(shared)) = (verdict, &vendor.shared) {
             if shared.applies(ep) {
-                verdict = shared.admit(&session.req_header().headers, key, ep).await;
+                // Boxed: the store's decision future is large, and would otherwise sit in
+                // every request's state (and be copied with it) even with no shared limit.
+                let headers = &session.req_header().headers;
+                verdict = Box::pin(shared.admit(headers, key, ep)).await;
             }
         }
         if let Verdict::Reject(r) = verdict {
