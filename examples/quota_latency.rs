@@ -65,6 +65,7 @@ fn main() {
                 Err(_) => errors += 1,
             }
         }
+        assert!(!took.is_empty(), "no decision succeeded ({errors} errors)");
         took.sort();
         let q = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
         println!(
