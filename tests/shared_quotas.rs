@@ -226,3 +226,59 @@ async fn with_redis_down_each_pod_keeps_to_its_share() {
     assert!(accepted <= 63, "{accepted}");
     assert!(accepted >= 45, "the local shares were not used: {accepted}");
 }
+
+/// A vendor 429 with a hint, answered to one pod, pauses that key on every pod: the second
+/// pod answers the key's next request itself, and the vendor sees nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vendor_429_told_to_one_pod_pauses_the_key_on_every_pod() {
+    let redis = Redis::start();
+    let scenario = "rules:\n  - match: { path_prefix: /v1/calls }\n    steps: [ { status: 429, headers: { retry-after: \"20\" }, json: { error: { code: RATE_LIMITED, message: slow down } } }, { status: 201, json: { id: c } } ]\n";
+    let s = sim("tryvox", scenario).await;
+    let upstream = format!("http://{}", s.addr());
+    let store = format!(
+        "quota_store: {{ redis: '{}', timeout: 50ms, expected_replicas: 2 }}\n",
+        redis.url()
+    );
+    let mut pods = Vec::new();
+    for _ in 0..2 {
+        let port = free_port();
+        let vendor = vendor_yaml(
+            "tryvox",
+            port,
+            &upstream,
+            "    retry: { max_attempts: 1 }\n    limits: [ { rate: 100, per: 1m, shared: true } ]\n",
+        );
+        pods.push((Sb::start_top(&store, &vendor), port));
+    }
+    for (sb, _) in &pods {
+        until_metric(sb.admin, "switchboard_quota_store_fallback", 0.0).await;
+    }
+    let auth = [("authorization", "Bearer sk_test_paused")];
+    let r = send(
+        local(pods[0].1),
+        &request("POST", "/v1/calls", &auth, Some(b"{}")),
+    )
+    .await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"]["source"], "upstream");
+    // The other pod was never told; the fleet's pause answers for it.
+    let r = send(
+        local(pods[1].1),
+        &request("POST", "/v1/calls", &auth, Some(b"{}")),
+    )
+    .await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["source"], "proxy", "{v}");
+    let wait = v["error"]["retry_after_s"].as_u64().unwrap_or(0);
+    assert!((15..=20).contains(&wait), "{v}");
+    assert_eq!(s.hits(), 1, "the paused key reached the vendor again");
+    // Another key is not paused.
+    let other = [("authorization", "Bearer sk_test_other")];
+    let r = send(
+        local(pods[1].1),
+        &request("POST", "/v1/calls", &other, Some(b"{}")),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+}
