@@ -97,28 +97,36 @@ async fn hammer(addr: SocketAddr, key: String, until: Instant) -> Vec<u16> {
     seen
 }
 
+/// `n` Switchboard processes in front of `upstream`, each with the top-level `store`
+/// section and `extra` under the vendor entry.
+fn fleet(n: usize, store: &str, upstream: &str, extra: &str) -> Vec<(Sb, u16)> {
+    (0..n)
+        .map(|_| {
+            let port = free_port();
+            (
+                Sb::start_top(store, &vendor_yaml("tryvox", port, upstream, extra)),
+                port,
+            )
+        })
+        .collect()
+}
+
+/// The vendor: 30 per 3 s per key, a sliding window, counting its own 429s.
+const VENDOR_30_PER_3S: &str = "limits:\n  - { match: { path_prefix: /v1/calls }, rate: 30, per: 3s, key_header: authorization }\ndefault: { status: 201, json: { id: c } }\n";
+
+/// Switchboard's side: the vendor's number, shared.
+const SHARED_30_PER_3S: &str = "    limits: [ { rate: 30, per: 3s, burst: 3, shared: true } ]\n";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_sidecars_share_one_vendor_quota() {
     let redis = Redis::start();
-    // The vendor: 30 per 3 s per key, a sliding window, counting its own 429s.
-    let scenario = "limits:\n  - { match: { path_prefix: /v1/calls }, rate: 30, per: 3s, key_header: authorization }\ndefault: { status: 201, json: { id: c } }\n";
-    let s = sim("tryvox", scenario).await;
+    let s = sim("tryvox", VENDOR_30_PER_3S).await;
     let upstream = format!("http://{}", s.addr());
     let store = format!(
         "quota_store: {{ redis: '{}', timeout: 50ms, expected_replicas: 3 }}\n",
         redis.url()
     );
-    let mut pods = Vec::new();
-    for _ in 0..3 {
-        let port = free_port();
-        let vendor = vendor_yaml(
-            "tryvox",
-            port,
-            &upstream,
-            "    limits: [ { rate: 30, per: 3s, burst: 3, shared: true } ]\n",
-        );
-        pods.push((Sb::start_top(&store, &vendor), port));
-    }
+    let pods = fleet(3, &store, &upstream, SHARED_30_PER_3S);
     // Start-up never waits for Redis: each pod begins on its local share. Load starts once
     // every pod decides in Redis (the fallback test covers the other case).
     for (sb, _) in &pods {
@@ -175,25 +183,14 @@ async fn three_sidecars_share_one_vendor_quota() {
 /// fleet still stays within the vendor's quota.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_each_pod_keeps_to_its_share() {
-    let scenario = "limits:\n  - { match: { path_prefix: /v1/calls }, rate: 30, per: 3s, key_header: authorization }\ndefault: { status: 201, json: { id: c } }\n";
-    let s = sim("tryvox", scenario).await;
+    let s = sim("tryvox", VENDOR_30_PER_3S).await;
     let upstream = format!("http://{}", s.addr());
     // Nothing listens there.
     let store = format!(
         "quota_store: {{ redis: 'redis://127.0.0.1:{}', timeout: 20ms, expected_replicas: 3 }}\n",
         free_port()
     );
-    let mut pods = Vec::new();
-    for _ in 0..3 {
-        let port = free_port();
-        let vendor = vendor_yaml(
-            "tryvox",
-            port,
-            &upstream,
-            "    limits: [ { rate: 30, per: 3s, burst: 3, shared: true } ]\n",
-        );
-        pods.push((Sb::start_top(&store, &vendor), port));
-    }
+    let pods = fleet(3, &store, &upstream, SHARED_30_PER_3S);
     for (sb, _) in &pods {
         let m = get(sb.admin, "/metrics").await.text();
         assert_eq!(metric(&m, "switchboard_quota_store_fallback"), Some(1.0));
@@ -239,17 +236,9 @@ async fn a_vendor_429_told_to_one_pod_pauses_the_key_on_every_pod() {
         "quota_store: {{ redis: '{}', timeout: 50ms, expected_replicas: 2 }}\n",
         redis.url()
     );
-    let mut pods = Vec::new();
-    for _ in 0..2 {
-        let port = free_port();
-        let vendor = vendor_yaml(
-            "tryvox",
-            port,
-            &upstream,
-            "    retry: { max_attempts: 1 }\n    limits: [ { rate: 100, per: 1m, shared: true } ]\n",
-        );
-        pods.push((Sb::start_top(&store, &vendor), port));
-    }
+    let extra =
+        "    retry: { max_attempts: 1 }\n    limits: [ { rate: 100, per: 1m, shared: true } ]\n";
+    let pods = fleet(2, &store, &upstream, extra);
     for (sb, _) in &pods {
         until_metric(sb.admin, "switchboard_quota_store_fallback", 0.0).await;
     }
