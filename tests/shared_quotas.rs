@@ -7,66 +7,10 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::redis::Redis;
 use support::*;
-use tokio::io::AsyncReadExt;
-
-/// A `redis-server` of the test's own on a free port, killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (./dev setup installs it)");
-        let r = Redis { child, port };
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen");
-            #[allow(clippy::disallowed_methods)] // sync start-up poll, bounded above
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        r
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Every key Redis holds now (`KEYS *` over the wire).
-    async fn keys(&self) -> String {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .unwrap();
-        use tokio::io::AsyncWriteExt;
-        s.write_all(b"*2\r\n$4\r\nKEYS\r\n$1\r\n*\r\n")
-            .await
-            .unwrap();
-        let mut buf = vec![0u8; 65536];
-        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Sends `POST /v1/calls` for `key` as fast as answers come back until `until`, pausing
 /// 20 ms after a 429 (an app backing off, and less spinning on 2 CPUs). Returns the
@@ -162,7 +106,7 @@ async fn three_sidecars_share_one_vendor_quota() {
         "only {accepted} accepted for two keys"
     );
     // No API key in any Redis key.
-    let keys = redis.keys().await;
+    let keys = redis.cli(&["KEYS", "*"]);
     assert!(keys.contains("sb:{tryvox:"), "{keys}");
     assert!(
         !keys.contains("fleet_A") && !keys.contains("fleet_B"),

@@ -2,6 +2,8 @@
 //! in-process vendor simulator, and a raw HTTP/1.1 client that can send malformed requests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod redis;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
