@@ -28,7 +28,7 @@ use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::http::pool::Upstreams;
 use crate::lifecycle::Lifecycle;
-use crate::limits::Sweeper;
+use crate::limits::{Sweep, Sweeper};
 use crate::metrics::Metrics;
 use crate::proxy::{Exchange, Quota, Switchboard, VendorRuntime};
 use crate::routing::DnsRefresher;
@@ -127,8 +127,12 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
     let limiters = vendors
         .iter()
         .flat_map(|v| {
-            let share = v.shared.as_ref().map(|s| s.fallback().clone());
-            std::iter::once(v.limits.clone()).chain(share)
+            let own: Arc<dyn Sweep> = v.limits.clone();
+            let share = v
+                .shared
+                .as_ref()
+                .map(|s| s.local_share().clone() as Arc<dyn Sweep>);
+            std::iter::once(own).chain(share)
         })
         .collect();
     let listen: Vec<SocketAddr> = cfg.vendors.iter().map(|v| v.listen).collect();

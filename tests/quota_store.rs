@@ -487,3 +487,47 @@ async fn redis_keys_never_hold_the_api_key() {
         assert!(!dump.contains("VISIBLE123"), "{key} holds the API key");
     }
 }
+
+/// Each answer says how much of every bucket is in use (the TAT's lead over Redis's now),
+/// which seeds the pod's local share for a hand-over.
+#[tokio::test]
+async fn answers_tell_each_buckets_use() {
+    let redis = Redis::start();
+    let store = QuotaStore::start(settings(&redis, "pod-a", CALM, 1), metrics());
+    connected(&store).await;
+    // 10 per 1 s, burst 5: interval 166,667 µs, capacity 5 intervals. 5 per 1 s, burst 1.
+    let buckets = [
+        SharedBucket::from_shape("v:0", 10, Duration::from_secs(1), 5).unwrap(),
+        SharedBucket::from_shape("ep:x:0", 5, Duration::from_secs(1), 1).unwrap(),
+    ];
+    let r = req("acct", &buckets);
+    let first = store.decided(&r).await.unwrap();
+    assert_eq!(first.verdict, SharedVerdict::Allow);
+    // One token of each: the TAT leads now by one interval (to the µs of the round trip).
+    assert_eq!(first.debts_us.len(), 2);
+    assert!(
+        first.debts_us[0] <= 166_667 && first.debts_us[0] > 150_000,
+        "{first:?}"
+    );
+    assert!(
+        first.debts_us[1] <= 200_000 && first.debts_us[1] > 180_000,
+        "{first:?}"
+    );
+    // The endpoint bucket is spent: a Wait, with the state before (nothing was taken).
+    let second = store.decided(&r).await.unwrap();
+    assert!(
+        matches!(second.verdict, SharedVerdict::Wait(_)),
+        "{second:?}"
+    );
+    assert_eq!(second.debts_us.len(), 2);
+    assert!(second.debts_us[0] <= first.debts_us[0], "{second:?}");
+    assert!(second.debts_us[1] > 0, "{second:?}");
+    // Paused: no state to tell.
+    store
+        .pause("tryvox", "acct", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let paused = store.decided(&r).await.unwrap();
+    assert!(matches!(paused.verdict, SharedVerdict::Wait(_)));
+    assert!(paused.debts_us.is_empty(), "{paused:?}");
+}

@@ -16,6 +16,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use super::Scope;
 
 /// The vendor's metric handles, resolved once so a decision never looks up labels.
+#[derive(Clone)]
 pub struct LimitMetrics {
     /// The vendor label.
     pub vendor: String,

@@ -141,6 +141,8 @@ impl StateStore for TxStore {
 pub struct Bucket<C: Clock> {
     limiter: RateLimiter<NotKeyed, TxStore, C, NoOpMiddleware<C::Instant>>,
     slot: usize,
+    /// How far ahead of now a TAT is once the whole burst is used (ns): `burst × interval`.
+    capacity_ns: u64,
     clock: C,
     epoch: C::Instant,
 }
@@ -150,9 +152,11 @@ impl<C: Clock + Clone> Bucket<C> {
     /// from `epoch`. `None` for an impossible shape.
     pub fn new(shape: Shape, slot: usize, clock: C, epoch: C::Instant) -> Option<Self> {
         let limiter = RateLimiter::new(shape.quota()?, TxStore, clock.clone());
+        let interval = u64::try_from(shape.interval().as_nanos()).unwrap_or(u64::MAX);
         Some(Bucket {
             limiter,
             slot,
+            capacity_ns: interval.saturating_mul(u64::from(shape.burst)),
             clock,
             epoch,
         })
@@ -163,6 +167,20 @@ impl<C: Clock> Bucket<C> {
     /// Now, in ns since the epoch.
     pub fn now(&self) -> u64 {
         u64::from(self.clock.now().duration_since(self.epoch))
+    }
+
+    /// Marks `used` (a fraction, clamped to 0..=1) of `state`'s capacity in this bucket as in
+    /// use at `now` (ns): the bucket then holds `1 - used` of its burst and refills from
+    /// there. Never lowers the TAT, so it frees nothing already taken.
+    pub(crate) fn seed(&self, state: &KeyState, now: u64, used: f64) {
+        let Some(tat) = state.tat(self.slot) else {
+            return;
+        };
+        // Truncating a non-negative product below 2^64 ns; NaN clamps to 0.
+        let debt = (self.capacity_ns as f64 * used.clamp(0.0, 1.0)) as u64;
+        if debt > 0 {
+            tat.fetch_max(now.saturating_add(debt).max(1), Ordering::AcqRel);
+        }
     }
 }
 
@@ -290,6 +308,34 @@ mod tests {
             burst,
         };
         Bucket::new(shape, slot, clock.clone(), clock.now()).unwrap()
+    }
+
+    #[test]
+    fn a_seeded_bucket_holds_what_the_fleet_left() {
+        let clock = FakeRelativeClock::default();
+        // 10 per 10 s, burst 4: capacity 4 tokens.
+        let b = bucket(10, 10, 4, 0, &clock);
+        let fresh = KeyState::new(1);
+        assert_eq!(admitted(&[(&b, &fresh)], 10), 4);
+        let half = KeyState::new(1);
+        b.seed(&half, b.now(), 0.5);
+        assert_eq!(admitted(&[(&b, &half)], 10), 2, "half the burst in use");
+        let full = KeyState::new(1);
+        b.seed(&full, b.now(), 1.0);
+        assert_eq!(admitted(&[(&b, &full)], 10), 0, "all of it in use");
+        // Seeding never frees what was taken here.
+        let used = KeyState::new(1);
+        assert_eq!(admitted(&[(&b, &used)], 3), 3);
+        b.seed(&used, b.now(), 0.25);
+        assert_eq!(admitted(&[(&b, &used)], 10), 1);
+        // A seed decays like any use: one interval later one more token.
+        let shape = Shape {
+            rate: 10,
+            per: Duration::from_secs(10),
+            burst: 4,
+        };
+        clock.advance(shape.interval());
+        assert_eq!(admitted(&[(&b, &full)], 10), 1);
     }
 
     fn admitted(checks: &[(&B, &KeyState)], n: usize) -> usize {

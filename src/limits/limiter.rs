@@ -280,6 +280,36 @@ impl Limiter {
         }
     }
 
+    /// Seeds `key`'s enforced buckets of `scope` on endpoint `ep`, in the plan's order, from
+    /// the fleet's state: `used` yields, for each, the fraction of the fleet's bucket in use.
+    /// The bucket then holds that fraction of this pod's share too, so when this limiter
+    /// takes over from the fleet's decisions it starts where the fleet was, not with a full
+    /// burst. Frees nothing already taken here.
+    pub fn seed(&self, key: u64, ep: usize, scope: Scope, used: impl IntoIterator<Item = f64>) {
+        let Some(plan) = self.plans.endpoint(ep) else {
+            return;
+        };
+        let now = now_ns();
+        let buckets = plan
+            .enforce
+            .iter()
+            .map(|&i| &self.plans.buckets[i])
+            .filter(|rt| rt.spec.scope == scope);
+        let seed = |k: &KeyState| {
+            let state = match scope {
+                Scope::Key => k,
+                Scope::Global => &self.global,
+            };
+            for (rt, used) in buckets.zip(used) {
+                rt.bucket.seed(state, now, used);
+            }
+        };
+        match scope {
+            Scope::Key if plan.needs_key => self.keys.with(key, now, seed),
+            _ => seed(&self.global),
+        }
+    }
+
     /// Drops keys idle for longer than their longest window (their buckets are full again,
     /// so forgetting them changes nothing) and expired pauses. Returns the number of live
     /// keys.

@@ -9,19 +9,34 @@
 //! Must not: block on the store past its timeout (the store enforces it), or hold an API key
 //! anywhere but in the request's own headers.
 //!
-//! Approximate: the local share is sized once, from `expected_replicas` at start-up (live
-//! replicas counted later do not resize it); it is not seeded from the shared state, so a
-//! hand-over can start with a share's full burst. Key-scoped and global shared buckets are
-//! two store calls (one Cluster slot per account): a global token taken for a request whose
-//! key bucket then denies is not given back.
+//! Hand-overs. Every answer from the store says how much of each bucket the fleet has in
+//! use; the local share of that key is seeded with the same fraction, so when the store
+//! stops answering each pod starts from its part of what the fleet left, not from a full
+//! burst. The share is `rate / N`, N = [`QuotaStore::share_divisor`]; it is rebuilt when N
+//! changes while decisions are shared (the seeds come back with the next answers). Going
+//! back: for the longest shared window after the store answers again (plus two probe
+//! periods, as pods find Redis again up to a probe apart), a pod that decided alone during
+//! the outage also needs its local share's token, because a window that straddles the
+//! recovery holds admissions Redis never saw; Redis alone decides after that.
+//!
+//! Approximate: a key idle when the share is rebuilt starts the next hand-over with a full
+//! share (it used nothing lately); during a fleet-wide pause the store answers no fractions,
+//! so the seed is the one from before the pause. A single decision that misses the deadline
+//! is decided on the local share without the breaker opening. Key-scoped and global shared
+//! buckets are two store calls (one Cluster slot per account): a global token taken for a
+//! request whose key bucket then denies is not given back.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use smallvec::SmallVec;
 
 use super::{BucketSpec, KeySource, LimitMetrics, Limiter, Mode, Reject, Scope, Shape, Verdict};
-use crate::quota::{account_tag, QuotaStore, SharedBucket, SharedRequest, SharedVerdict};
+use crate::quota::{
+    account_tag, Decided, QuotaStore, SharedBucket, SharedRequest, SharedVerdict, PROBE_EVERY,
+};
 
 /// One shared bucket as the store sees it.
 #[derive(Debug, Clone)]
@@ -49,6 +64,12 @@ impl Term {
         }
     }
 
+    /// The fraction of this bucket's capacity a `debt` (µs of TAT ahead of now) stands for.
+    fn used(&self, debt_us: u64) -> f64 {
+        let capacity = self.interval_us.saturating_add(self.tolerance_us).max(1);
+        debt_us as f64 / capacity as f64
+    }
+
     fn bucket(&self) -> SharedBucket<'_> {
         SharedBucket {
             name: &self.name,
@@ -69,7 +90,85 @@ pub struct SharedLimits {
     /// The shared buckets of each endpoint (vendor-wide ones included).
     by_endpoint: Vec<Vec<Term>>,
     /// This pod's share, enforced while the store cannot answer.
-    fallback: Arc<Limiter>,
+    local: Arc<LocalShare>,
+    /// `shared_period() + 1` of the store when this pod last decided alone: a request then
+    /// needs its local share's token too until the window after recovery has passed.
+    alone_before: AtomicU64,
+    /// The longest window of the shared buckets: how long that lasts.
+    longest_per: Duration,
+}
+
+/// This pod's share of every shared bucket, as a [`Limiter`], rebuilt when N changes.
+pub struct LocalShare {
+    current: ArcSwap<Share>,
+    build: ShareSpecs,
+}
+
+/// One build of the local share.
+struct Share {
+    n: u32,
+    limiter: Arc<Limiter>,
+}
+
+/// What a local share is built from.
+struct ShareSpecs {
+    wide: Vec<BucketSpec>,
+    eps: Vec<Vec<BucketSpec>>,
+    endpoint_names: Vec<String>,
+    source: KeySource,
+    max_keys: usize,
+    metrics: Option<LimitMetrics>,
+}
+
+impl ShareSpecs {
+    fn build(&self, n: u32) -> Share {
+        let limiter = Limiter::new(
+            &self.wide.iter().map(|s| share(s, n)).collect::<Vec<_>>(),
+            &self
+                .eps
+                .iter()
+                .map(|e| e.iter().map(|s| share(s, n)).collect())
+                .collect::<Vec<_>>(),
+            &self.endpoint_names,
+            self.source.clone(),
+            self.max_keys,
+            self.metrics.clone(),
+        );
+        Share {
+            n,
+            limiter: Arc::new(limiter),
+        }
+    }
+}
+
+impl LocalShare {
+    /// The share in force.
+    pub fn limiter(&self) -> Arc<Limiter> {
+        self.current.load().limiter.clone()
+    }
+
+    /// The share for `n` replicas, rebuilt (empty) when it was sized for another N.
+    fn resize(&self, n: u32) {
+        let now = self.current.load();
+        if now.n != n {
+            tracing::info!(
+                vendor = %self.build.metrics.as_ref().map_or("", |m| m.vendor.as_str()),
+                replicas = n,
+                "local share of shared limits resized"
+            );
+            self.current.store(Arc::new(self.build.build(n)));
+        }
+    }
+}
+
+impl super::Sweep for LocalShare {
+    fn evict(&self) -> usize {
+        self.current.load().limiter.evict()
+    }
+
+    fn evict_every(&self) -> Duration {
+        self.current.load().limiter.evict_every()
+    }
 }
 
 /// Only the shared specs of a list.
@@ -133,30 +232,62 @@ impl SharedLimits {
                 terms
             })
             .collect();
-        let n = expected_replicas;
-        let fallback = Limiter::new(
-            &wide.iter().map(|s| share(s, n)).collect::<Vec<_>>(),
-            &eps.iter()
-                .map(|e| e.iter().map(|s| share(s, n)).collect())
-                .collect::<Vec<_>>(),
-            endpoint_names,
-            source.clone(),
+        let longest_per = wide
+            .iter()
+            .chain(eps.iter().flatten())
+            .map(|s| s.shape.per)
+            .max()
+            .unwrap_or_default();
+        let build = ShareSpecs {
+            wide,
+            eps,
+            endpoint_names: endpoint_names.to_vec(),
+            source: source.clone(),
             max_keys,
             metrics,
-        );
+        };
+        let first = build.build(expected_replicas.max(1));
         Some(SharedLimits {
             store,
             vendor: vendor.to_string(),
             secret,
             source,
             by_endpoint,
-            fallback: Arc::new(fallback),
+            local: Arc::new(LocalShare {
+                current: ArcSwap::from_pointee(first),
+                build,
+            }),
+            alone_before: AtomicU64::new(0),
+            longest_per,
         })
     }
 
-    /// The local-share limiter (for the idle-key sweeper).
-    pub fn fallback(&self) -> &Arc<Limiter> {
-        &self.fallback
+    /// The local share (for the idle-key sweeper).
+    pub fn local_share(&self) -> &Arc<LocalShare> {
+        &self.local
+    }
+
+    /// The local share's limiter in force (a vendor 429 pauses it like the pod's own).
+    pub fn fallback(&self) -> Arc<Limiter> {
+        self.local.limiter()
+    }
+
+    /// Decides on the local share alone, remembering that this pod did.
+    async fn alone(&self, key: u64, ep: usize) -> Verdict {
+        let period = self.store.shared_period() + 1;
+        if self.alone_before.load(Ordering::Relaxed) != period {
+            self.alone_before.store(period, Ordering::Relaxed);
+        }
+        self.local.limiter().admit(key, ep).await
+    }
+
+    /// True for the longest window after the store came back, when this pod decided alone
+    /// before: its own decisions of that window are not in Redis.
+    fn recovering(&self) -> bool {
+        let period = self.store.shared_period();
+        self.alone_before.load(Ordering::Relaxed) == period
+            && period > 0
+            && self.store.shared_for() < self.longest_per + 2 * PROBE_EVERY
     }
 
     /// Whether any shared limit applies to endpoint `ep`.
@@ -182,7 +313,14 @@ impl SharedLimits {
             return Verdict::Allow;
         };
         if self.store.in_fallback() {
-            return self.fallback.admit(key, ep).await;
+            return self.alone(key, ep).await;
+        }
+        if self.recovering() {
+            if let Verdict::Reject(r) = self.local.limiter().admit(key, ep).await {
+                return Verdict::Reject(r);
+            }
+        } else {
+            self.local.resize(self.store.share_divisor());
         }
         let account = self.account(headers);
         for scope in [Scope::Global, Scope::Key] {
@@ -194,18 +332,24 @@ impl SharedLimits {
                 Scope::Global => "global",
                 Scope::Key => account.as_str(),
             };
-            match self.ask(&group, account).await {
+            match self.ask(&group, account, (key, ep, scope)).await {
                 Ok(None) => {}
                 Ok(Some(reject)) => return Verdict::Reject(reject),
                 // The store is slow or down: this pod's share decides, for every bucket.
-                Err(()) => return self.fallback.admit(key, ep).await,
+                Err(()) => return self.alone(key, ep).await,
             }
         }
         Verdict::Allow
     }
 
-    /// One group's decision: `Ok(None)` allowed, `Ok(Some)` rejected, `Err` no answer.
-    async fn ask(&self, group: &[&Term], account: &str) -> Result<Option<Reject>, ()> {
+    /// One group's decision: `Ok(None)` allowed, `Ok(Some)` rejected, `Err` no answer. Each
+    /// answer seeds the local share of `(key, ep, scope)`.
+    async fn ask(
+        &self,
+        group: &[&Term],
+        account: &str,
+        (key, ep, scope): (u64, usize, Scope),
+    ) -> Result<Option<Reject>, ()> {
         let buckets: SmallVec<[SharedBucket<'_>; 4]> = group.iter().map(|t| t.bucket()).collect();
         let req = SharedRequest {
             vendor: &self.vendor,
@@ -221,7 +365,14 @@ impl SharedLimits {
             .min();
         let give_up = queue.map(|w| Instant::now() + w);
         loop {
-            match self.store.decide(&req).await {
+            let decided = self.store.decided(&req).await;
+            if let Ok(Decided { debts_us, .. }) = &decided {
+                if !debts_us.is_empty() {
+                    let used = group.iter().zip(debts_us).map(|(t, &d)| t.used(d));
+                    self.local.limiter().seed(key, ep, scope, used);
+                }
+            }
+            match decided.map(|d| d.verdict) {
                 Ok(SharedVerdict::Allow) => return Ok(None),
                 Ok(SharedVerdict::Wait(wait)) => {
                     let now = Instant::now();

@@ -14,14 +14,32 @@ use std::time::Duration;
 
 use super::Limiter;
 
+/// Something with a key table to keep small.
+pub trait Sweep: Send + Sync {
+    /// Forgets idle keys and expired pauses; returns the live keys.
+    fn evict(&self) -> usize;
+    /// How often [`Sweep::evict`] should run.
+    fn evict_every(&self) -> Duration;
+}
+
+impl Sweep for Limiter {
+    fn evict(&self) -> usize {
+        Limiter::evict(self)
+    }
+
+    fn evict_every(&self) -> Duration {
+        Limiter::evict_every(self)
+    }
+}
+
 /// Background service that evicts idle keys of every vendor's limiter.
 pub struct Sweeper {
-    limiters: Vec<Arc<Limiter>>,
+    limiters: Vec<Arc<dyn Sweep>>,
 }
 
 impl Sweeper {
     /// Sweeps these limiters until shutdown.
-    pub fn new(limiters: Vec<Arc<Limiter>>) -> Self {
+    pub fn new(limiters: Vec<Arc<dyn Sweep>>) -> Self {
         Sweeper { limiters }
     }
 }

@@ -21,11 +21,12 @@ mod breaker;
 mod conn;
 mod heartbeat;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::{Cmd, ErrorKind, RedisError, ServerErrorKind, ToRedisArgs, Value};
+use smallvec::SmallVec;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
@@ -139,6 +140,19 @@ pub enum SharedVerdict {
     /// Not now: a bucket needs this long (the longest of them), or the account is paused.
     /// Nothing was taken.
     Wait(Duration),
+}
+
+/// A decision and what it tells of the buckets' state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decided {
+    /// The fleet's verdict.
+    pub verdict: SharedVerdict,
+    /// Redis's clock (µs since the epoch) at which an `Allow` was granted.
+    pub at_us: Option<u64>,
+    /// For each bucket of the request, in its order: how far the bucket's TAT is ahead of
+    /// Redis's now after the decision (µs), i.e. how much of its capacity is in use. Empty
+    /// while the account is paused.
+    pub debts_us: SmallVec<[u64; 4]>,
 }
 
 /// Why the store did not decide. The caller then decides on its local share.
@@ -274,6 +288,11 @@ struct Inner {
     conn: RwLock<Option<Conn>>,
     /// Live replicas at the last heartbeat (0 = not counted yet).
     live: AtomicU32,
+    /// Times the breaker closed (decisions went back to Redis), the first connect included.
+    closes: AtomicU64,
+    /// When it last closed, in ms since `born`.
+    closed_at_ms: AtomicU64,
+    born: Instant,
     decide: Lua,
     pause: Lua,
     heartbeat: Lua,
@@ -333,6 +352,9 @@ impl Inner {
             Ok(Ok(_)) => {
                 self.set_conn(Some(conn));
                 if self.breaker.close() {
+                    let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    self.closed_at_ms.store(ms, Ordering::Relaxed);
+                    self.closes.fetch_add(1, Ordering::Release);
                     self.metrics.fallback.set(0);
                     tracing::info!("quota store reachable; shared limits decided in Redis");
                 }
@@ -438,6 +460,9 @@ impl QuotaStore {
             breaker: Breaker::new(),
             conn: RwLock::new(None),
             live: AtomicU32::new(0),
+            closes: AtomicU64::new(0),
+            closed_at_ms: AtomicU64::new(0),
+            born: Instant::now(),
             decide: Lua::new(include_str!("decide.lua")),
             pause: Lua::new(include_str!("pause.lua")),
             heartbeat: Lua::new(include_str!("heartbeat.lua")),
@@ -492,7 +517,7 @@ impl QuotaStore {
     /// clock. Never waits longer than `timeout` (then `Err(Timeout)`); while the breaker is
     /// open answers `Err(Open)` at once without a round trip.
     pub async fn decide(&self, req: &SharedRequest<'_>) -> Result<SharedVerdict, StoreError> {
-        self.decide_at(req).await.map(|(v, _)| v)
+        self.decided(req).await.map(|d| d.verdict)
     }
 
     /// [`decide`](Self::decide), with Redis's clock (µs since the epoch) at which an `Allow`
@@ -501,6 +526,11 @@ impl QuotaStore {
         &self,
         req: &SharedRequest<'_>,
     ) -> Result<(SharedVerdict, Option<u64>), StoreError> {
+        self.decided(req).await.map(|d| (d.verdict, d.at_us))
+    }
+
+    /// [`decide`](Self::decide), with everything the script said of the buckets.
+    pub async fn decided(&self, req: &SharedRequest<'_>) -> Result<Decided, StoreError> {
         let mut keys = Vec::with_capacity(req.buckets.len() + 1);
         keys.push(pause_key(req.vendor, req.account));
         let mut args = Vec::with_capacity(req.buckets.len() * 2 + 1);
@@ -573,6 +603,19 @@ impl QuotaStore {
             .max(1)
     }
 
+    /// How many times decisions went (back) to Redis, the first connect included: the
+    /// number of the current shared period. A caller that decided locally while this was
+    /// `n` knows the fallback it took part in ended when this reads `n + 1`.
+    pub fn shared_period(&self) -> u64 {
+        self.inner.closes.load(Ordering::Acquire)
+    }
+
+    /// How long ago the current shared period began.
+    pub fn shared_for(&self) -> Duration {
+        let at = Duration::from_millis(self.inner.closed_at_ms.load(Ordering::Relaxed));
+        self.inner.born.elapsed().saturating_sub(at)
+    }
+
     /// Live replicas at the last heartbeat (0 until one succeeded).
     pub fn live_replicas(&self) -> u32 {
         self.inner.live.load(Ordering::Relaxed)
@@ -615,18 +658,30 @@ impl QuotaStore {
     }
 }
 
-/// `{1, now_us}` → Allow at `now_us`; `{0, wait_us}` → Wait.
-fn parse_decision(v: &Value) -> Option<(SharedVerdict, Option<u64>)> {
+/// `{1, now_us, debt...}` → Allow at `now_us`; `{0, wait_us, debt...}` → Wait.
+fn parse_decision(v: &Value) -> Option<Decided> {
     let Value::Array(items) = v else { return None };
-    let [Value::Int(flag), Value::Int(n)] = items.as_slice() else {
+    let [Value::Int(flag), Value::Int(n), debts @ ..] = items.as_slice() else {
         return None;
     };
     let n = u64::try_from(*n).ok()?;
-    match flag {
-        1 => Some((SharedVerdict::Allow, Some(n))),
-        0 => Some((SharedVerdict::Wait(Duration::from_micros(n)), None)),
-        _ => None,
-    }
+    let debts_us = debts
+        .iter()
+        .map(|d| match d {
+            Value::Int(d) => Some(u64::try_from(*d).unwrap_or(0)),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    let (verdict, at_us) = match flag {
+        1 => (SharedVerdict::Allow, Some(n)),
+        0 => (SharedVerdict::Wait(Duration::from_micros(n)), None),
+        _ => return None,
+    };
+    Some(Decided {
+        verdict,
+        at_us,
+        debts_us,
+    })
 }
 
 #[cfg(test)]
@@ -674,17 +729,23 @@ mod tests {
 
     #[test]
     fn decision_replies_parse() {
-        let allow = Value::Array(vec![Value::Int(1), Value::Int(1_700_000_000_000_000)]);
-        assert_eq!(
-            parse_decision(&allow),
-            Some((SharedVerdict::Allow, Some(1_700_000_000_000_000)))
-        );
+        let allow = Value::Array(vec![
+            Value::Int(1),
+            Value::Int(1_700_000_000_000_000),
+            Value::Int(300_000),
+            Value::Int(0),
+        ]);
+        let d = parse_decision(&allow).unwrap();
+        assert_eq!(d.verdict, SharedVerdict::Allow);
+        assert_eq!(d.at_us, Some(1_700_000_000_000_000));
+        assert_eq!(d.debts_us.as_slice(), &[300_000, 0]);
         let wait = Value::Array(vec![Value::Int(0), Value::Int(1500)]);
-        assert_eq!(
-            parse_decision(&wait),
-            Some((SharedVerdict::Wait(Duration::from_micros(1500)), None))
-        );
+        let d = parse_decision(&wait).unwrap();
+        assert_eq!(d.verdict, SharedVerdict::Wait(Duration::from_micros(1500)));
+        assert_eq!((d.at_us, d.debts_us.len()), (None, 0));
         assert_eq!(parse_decision(&Value::Int(1)), None);
+        let odd = Value::Array(vec![Value::Int(1), Value::Int(5), Value::Nil]);
+        assert_eq!(parse_decision(&odd), None);
     }
 
     /// Pingora's hooks are `Send` futures on several runtimes: the handle must be shared
