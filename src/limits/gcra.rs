@@ -143,6 +143,8 @@ pub struct Bucket<C: Clock> {
     slot: usize,
     /// How far ahead of now a TAT is once the whole burst is used (ns): `burst × interval`.
     capacity_ns: u64,
+    /// When the governor limiter was made: its TATs count from there, not from `epoch`.
+    born: C::Instant,
     clock: C,
     epoch: C::Instant,
 }
@@ -151,12 +153,17 @@ impl<C: Clock + Clone> Bucket<C> {
     /// A bucket of this shape using slot `slot` of each key's state; pauses are measured
     /// from `epoch`. `None` for an impossible shape.
     pub fn new(shape: Shape, slot: usize, clock: C, epoch: C::Instant) -> Option<Self> {
-        let limiter = RateLimiter::new(shape.quota()?, TxStore, clock.clone());
+        let quota = shape.quota()?;
+        // Read just before governor reads it for itself: a few ns early, so a seed computed
+        // from it is a few ns stricter, never looser.
+        let born = clock.now();
+        let limiter = RateLimiter::new(quota, TxStore, clock.clone());
         let interval = u64::try_from(shape.interval().as_nanos()).unwrap_or(u64::MAX);
         Some(Bucket {
             limiter,
             slot,
             capacity_ns: interval.saturating_mul(u64::from(shape.burst)),
+            born,
             clock,
             epoch,
         })
@@ -170,12 +177,14 @@ impl<C: Clock> Bucket<C> {
     }
 
     /// Marks `used` (a fraction, clamped to 0..=1) of `state`'s capacity in this bucket as in
-    /// use at `now` (ns): the bucket then holds `1 - used` of its burst and refills from
-    /// there. Never lowers the TAT, so it frees nothing already taken.
-    pub(crate) fn seed(&self, state: &KeyState, now: u64, used: f64) {
+    /// use now: the bucket then holds `1 - used` of its burst and refills from there. Never
+    /// lowers the TAT, so it frees nothing already taken.
+    pub(crate) fn seed(&self, state: &KeyState, used: f64) {
         let Some(tat) = state.tat(self.slot) else {
             return;
         };
+        // In governor's frame: ns since this limiter was made.
+        let now = u64::from(self.clock.now().duration_since(self.born));
         // Truncating a non-negative product below 2^64 ns; NaN clamps to 0.
         let debt = (self.capacity_ns as f64 * used.clamp(0.0, 1.0)) as u64;
         if debt > 0 {
@@ -318,15 +327,15 @@ mod tests {
         let fresh = KeyState::new(1);
         assert_eq!(admitted(&[(&b, &fresh)], 10), 4);
         let half = KeyState::new(1);
-        b.seed(&half, b.now(), 0.5);
+        b.seed(&half, 0.5);
         assert_eq!(admitted(&[(&b, &half)], 10), 2, "half the burst in use");
         let full = KeyState::new(1);
-        b.seed(&full, b.now(), 1.0);
+        b.seed(&full, 1.0);
         assert_eq!(admitted(&[(&b, &full)], 10), 0, "all of it in use");
         // Seeding never frees what was taken here.
         let used = KeyState::new(1);
         assert_eq!(admitted(&[(&b, &used)], 3), 3);
-        b.seed(&used, b.now(), 0.25);
+        b.seed(&used, 0.25);
         assert_eq!(admitted(&[(&b, &used)], 10), 1);
         // A seed decays like any use: one interval later one more token.
         let shape = Shape {
@@ -336,6 +345,12 @@ mod tests {
         };
         clock.advance(shape.interval());
         assert_eq!(admitted(&[(&b, &full)], 10), 1);
+        // A bucket made later counts its TATs from then: seeds land in its frame.
+        clock.advance(Duration::from_secs(100));
+        let late = bucket(10, 10, 4, 0, &clock);
+        let seeded = KeyState::new(1);
+        late.seed(&seeded, 0.5);
+        assert_eq!(admitted(&[(&late, &seeded)], 10), 2);
     }
 
     fn admitted(checks: &[(&B, &KeyState)], n: usize) -> usize {

@@ -301,7 +301,7 @@ impl Limiter {
                 Scope::Global => &self.global,
             };
             for (rt, used) in buckets.zip(used) {
-                rt.bucket.seed(state, now, used);
+                rt.bucket.seed(state, used);
             }
         };
         match scope {

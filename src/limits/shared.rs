@@ -19,7 +19,13 @@
 //! the outage also needs its local share's token, because a window that straddles the
 //! recovery holds admissions Redis never saw; Redis alone decides after that.
 //!
-//! Approximate: a key idle when the share is rebuilt starts the next hand-over with a full
+//! Approximate: a hand-over can over-admit, in the one window that straddles it, by up to
+//! the shared bucket's burst: GCRA state tells how much is in use, not when it was used, so
+//! the fleet's admissions just before and the local shares' just after are not one
+//! sliding window. A pod's seed is the fleet's state at its own last answer (another pod's
+//! later admissions are not in it). Keep `burst` small where the vendor's limit is exact.
+//! The share is only resized on a shared decision after the count changed. A key idle
+//! when the share is rebuilt starts the next hand-over with a full
 //! share (it used nothing lately); during a fleet-wide pause the store answers no fractions,
 //! so the seed is the one from before the pause. A single decision that misses the deadline
 //! is decided on the local share without the breaker opening. Key-scoped and global shared
