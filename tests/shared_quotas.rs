@@ -565,3 +565,35 @@ async fn the_local_share_follows_the_live_replicas() {
     assert!(accepted <= 61, "{accepted}");
     assert!(accepted >= 45, "the local shares were not used: {accepted}");
 }
+
+/// A retry is an upstream attempt like any other: it takes the fleet's shared tokens too.
+/// 3 per minute for the fleet; one request answered 503 then retried on pod A has used 2, so
+/// pod B gets one more and then answers 429 itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_take_shared_tokens() {
+    let redis = Redis::start();
+    let scenario = "rules:\n  - match: { path_prefix: /v1/calls }\n    steps: [ { status: 503, json: { error: { code: UNAVAILABLE, message: busy } } }, { status: 201, json: { id: c } } ]\n";
+    let s = sim("tryvox", scenario).await;
+    let upstream = format!("http://{}", s.addr());
+    let store = format!(
+        "quota_store: {{ redis: '{}', timeout: 50ms, expected_replicas: 2 }}\n",
+        redis.url()
+    );
+    let extra =
+        "    retry: { max_attempts: 3 }\n    limits: [ { rate: 3, per: 1m, burst: 3, shared: true } ]\n";
+    let pods = fleet(2, &store, &upstream, extra);
+    for (sb, _) in &pods {
+        until_metric(sb.admin, "switchboard_quota_store_fallback", 0.0).await;
+    }
+    let auth = [("authorization", "Bearer sk_test_retried")];
+    let call = || request("POST", "/v1/calls", &auth, Some(b"{}"));
+    let r = send(local(pods[0].1), &call()).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(s.hits(), 2, "the 503 and its retry");
+    let r = send(local(pods[1].1), &call()).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = send(local(pods[1].1), &call()).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"]["source"], "proxy");
+    assert_eq!(s.hits(), 3);
+}
