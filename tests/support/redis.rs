@@ -44,19 +44,10 @@ impl Redis {
     /// errors included) is in [`Redis::log`].
     pub fn start_tls() -> Redis {
         let dir = tempfile::tempdir().unwrap();
-        let files = make_test_pki(dir.path());
+        let pki = make_test_pki(dir.path());
         let port = super::free_port();
-        let mut args = vec!["--port".to_owned(), "0".to_owned()];
-        args.extend(["--tls-port".to_owned(), port.to_string()]);
-        for (flag, file) in [
-            ("--tls-cert-file", &files.cert),
-            ("--tls-key-file", &files.key),
-            ("--tls-ca-cert-file", &files.ca),
-        ] {
-            args.extend([flag.to_owned(), file.display().to_string()]);
-        }
-        args.extend(["--tls-auth-clients".to_owned(), "no".to_owned()]);
-        Redis::spawn(port, dir, None, Some(files.ca), &args)
+        let args = pki.server_args(port);
+        Redis::spawn(port, dir, None, Some(pki.ca), &args)
     }
 
     /// Starts `redis-server` with `port_args` (and whatever else the variant needs) and waits
@@ -200,9 +191,29 @@ struct TestPki {
     key: PathBuf,
 }
 
+impl TestPki {
+    /// `redis-server` flags for TLS only on `port` (`--port 0`: no plaintext listener) with
+    /// this certificate; clients are not asked for one.
+    fn server_args(&self, port: u16) -> Vec<String> {
+        let mut args = vec!["--port".to_owned(), "0".to_owned()];
+        args.extend(["--tls-port".to_owned(), port.to_string()]);
+        for (flag, file) in [
+            ("--tls-cert-file", &self.cert),
+            ("--tls-key-file", &self.key),
+            ("--tls-ca-cert-file", &self.ca),
+        ] {
+            args.extend([flag.to_owned(), file.display().to_string()]);
+        }
+        args.extend(["--tls-auth-clients".to_owned(), "no".to_owned()]);
+        args
+    }
+}
+
 /// Makes a throwaway CA and a server certificate for `127.0.0.1` and `localhost` in `dir`
 /// with the `openssl` CLI. rustls checks the name against the subject alternative names only
-/// (never the CN), wants the CA marked as one, and the leaf marked for server auth.
+/// (never the CN) and wants the CA marked as one; the leaf is marked for server auth, and for
+/// client auth too because Cluster nodes present it to each other on the TLS cluster bus
+/// (which always checks the peer's certificate, whatever `tls-auth-clients` says).
 fn make_test_pki(dir: &Path) -> TestPki {
     let path = |name: &str| dir.join(name);
     let openssl = |args: &[&str]| {
@@ -249,7 +260,7 @@ fn make_test_pki(dir: &Path) -> TestPki {
         "subjectAltName = IP:127.0.0.1, DNS:localhost\n\
          basicConstraints = critical, CA:FALSE\n\
          keyUsage = critical, digitalSignature\n\
-         extendedKeyUsage = serverAuth\n",
+         extendedKeyUsage = serverAuth, clientAuth\n",
     )
     .unwrap();
     openssl(&[
@@ -281,45 +292,72 @@ fn make_test_pki(dir: &Path) -> TestPki {
 pub struct RedisCluster {
     /// The masters; [`Redis::try_cli`] on one talks to that node only (no redirects).
     pub nodes: Vec<Redis>,
+    /// The CA and certificate every node of a TLS cluster uses (after `nodes`: dropped last).
+    _pki: Option<tempfile::TempDir>,
 }
 
 impl RedisCluster {
     /// Starts three `--cluster-enabled` servers, joins them with `redis-cli --cluster create`
     /// (which assigns all 16384 slots), and waits until every node reports
     /// `cluster_state:ok`.
+    pub fn start() -> RedisCluster {
+        RedisCluster::start_with(false)
+    }
+
+    /// Like [`RedisCluster::start`], every node speaking only TLS, the cluster bus included
+    /// (`--tls-cluster yes`), with one certificate signed by one CA ([`Redis::tls_ca`] of any
+    /// node).
+    pub fn start_tls() -> RedisCluster {
+        RedisCluster::start_with(true)
+    }
+
     // Blocking, like `Redis::start_with`: nothing else runs on the test's runtime meanwhile.
     #[allow(clippy::disallowed_methods)]
-    pub fn start() -> RedisCluster {
+    fn start_with(tls: bool) -> RedisCluster {
+        let pki_dir = tls.then(|| tempfile::tempdir().unwrap());
+        let pki = pki_dir.as_ref().map(|d| make_test_pki(d.path()));
         let nodes: Vec<Redis> = (0..3)
             .map(|_| {
                 let port = super::free_port();
+                let mut args = match &pki {
+                    Some(pki) => pki.server_args(port),
+                    None => vec!["--port".to_owned(), port.to_string()],
+                };
                 // The cluster bus is on port + 10000 unless told otherwise; give it a port
                 // known to be free instead.
-                let bus = super::free_port();
-                let args = [
-                    "--port",
-                    &port.to_string(),
+                let bus = super::free_port().to_string();
+                let mut more = vec![
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
                     "nodes.conf",
                     "--cluster-port",
-                    &bus.to_string(),
-                ]
-                .map(str::to_owned);
-                Redis::spawn(port, tempfile::tempdir().unwrap(), None, None, &args)
+                    &bus,
+                ];
+                if tls {
+                    more.extend(["--tls-cluster", "yes"]);
+                }
+                args.extend(more.into_iter().map(str::to_owned));
+                let ca = pki.as_ref().map(|p| p.ca.clone());
+                Redis::spawn(port, tempfile::tempdir().unwrap(), None, ca, &args)
             })
             .collect();
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster {
+            nodes,
+            _pki: pki_dir,
+        };
         let mut create = Command::new("redis-cli");
+        if let Some(pki) = &pki {
+            create.arg("--tls").arg("--cacert").arg(&pki.ca);
+        }
         create.arg("--cluster").arg("create");
         for n in &cluster.nodes {
             create.arg(format!("127.0.0.1:{}", n.port));
         }
-        let out = create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
-            .expect("redis-cli (Debian package redis-tools)");
+        create.args(["--cluster-replicas", "0", "--cluster-yes"]);
+        // It waits for the nodes to agree with no limit of its own (forever, when the bus
+        // cannot connect): bound it.
+        let out = run_bounded(create, Duration::from_secs(30));
         assert!(
             out.status.success(),
             "redis-cli --cluster create: {}{}",
@@ -344,7 +382,7 @@ impl RedisCluster {
         cluster
     }
 
-    /// The nodes' `redis://` URLs, one per master.
+    /// The nodes' URLs (`redis://`, or `rediss://` for a TLS cluster), one per master.
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(Redis::url).collect()
     }
@@ -393,4 +431,28 @@ fn owns_slot(line: &str, slot: u16) -> bool {
             _ => false,
         }
     })
+}
+
+/// Runs `cmd` to completion within `limit`, output captured; kills it and panics past that.
+#[allow(clippy::disallowed_methods)]
+fn run_bounded(mut cmd: Command, limit: Duration) -> std::process::Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (redis-cli: Debian package redis-tools)"));
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{cmd:?} still running after {limit:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
 }
