@@ -7,6 +7,7 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::redis::{Redis, RedisCluster};
@@ -167,35 +168,25 @@ fn handshakes_refused(redis: &Redis, why: &str) -> usize {
 /// Three shared per minute, burst 3: the fleet's whole minute is three requests.
 const SHARED_3_PER_MIN: &str = "    limits: [ { rate: 3, per: 1m, burst: 3, shared: true } ]\n";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rediss_with_the_private_ca_in_ssl_cert_file_shares_decisions() {
-    let redis = Redis::start_tls();
+/// Two pods with `store` (TLS, its CA in `ca`, trusted through `SSL_CERT_FILE` only) share
+/// three requests a minute for one key: both leave fallback, the first three requests,
+/// alternating pods, reach the vendor, the next two are Switchboard's own 429 whichever
+/// pod answers, and every pod decided in Redis. Returns the fleet, for looking inside.
+async fn two_pods_share_three_a_minute(store: &str, ca: &Path) -> Vec<(Sb, u16)> {
+    assert!(store.contains("rediss://127.0.0.1:"), "{store}");
     let s = sim("tryvox", "default: { status: 201, json: { id: c } }\n").await;
     let upstream = format!("http://{}", s.addr());
-    let store = format!(
-        "quota_store: {{ redis: '{}', timeout: 50ms, expected_replicas: 2 }}\n",
-        redis.url()
-    );
-    assert!(store.contains("rediss://127.0.0.1:"), "{store}");
-    let ca = redis.tls_ca().unwrap().display().to_string();
-    let pods = fleet(
-        2,
-        &store,
-        &upstream,
-        SHARED_3_PER_MIN,
-        &[("SSL_CERT_FILE", ca)],
-    );
+    let env = [("SSL_CERT_FILE", ca.display().to_string())];
+    let pods = fleet(2, store, &upstream, SHARED_3_PER_MIN, &env);
     for (sb, _) in &pods {
         until_metric(sb.admin, "switchboard_quota_store_fallback", 0.0).await;
     }
-    let key = "sk_test_tls_fleet";
-    // Alternating pods: three in the fleet's minute, whichever pod answers.
     for port in [pods[0].1, pods[1].1, pods[0].1] {
-        let r = call(port, key).await;
+        let r = call(port, TLS_KEY).await;
         assert_eq!(r.status, 201, "{}", r.text());
     }
     for port in [pods[1].1, pods[0].1] {
-        let r = call(port, key).await;
+        let r = call(port, TLS_KEY).await;
         assert_eq!(r.status, 429, "{}", r.text());
         let v = r.json();
         assert_eq!(v["error"]["source"], "proxy", "{v}");
@@ -207,11 +198,50 @@ async fn rediss_with_the_private_ca_in_ssl_cert_file_shares_decisions() {
         let asked = metric(&m, "switchboard_quota_store_duration_seconds_count");
         assert!(asked.is_some_and(|n| n >= 2.0), "{asked:?}");
     }
+    pods
+}
+
+/// The API key [`two_pods_share_three_a_minute`] sends.
+const TLS_KEY: &str = "sk_test_tls_fleet";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_the_private_ca_in_ssl_cert_file_shares_decisions() {
+    let redis = Redis::start_tls();
+    let store = format!(
+        "quota_store: {{ redis: '{}', timeout: 50ms, expected_replicas: 2 }}\n",
+        redis.url()
+    );
+    two_pods_share_three_a_minute(&store, redis.tls_ca().unwrap()).await;
     // The buckets are in the TLS server, and carry no API key.
     let keys = redis.cli(&["KEYS", "*"]);
     assert!(keys.contains("sb:{tryvox:"), "{keys}");
     assert!(!keys.contains("tls_fleet"), "{keys}");
     assert_eq!(handshakes_refused(&redis, ""), 0, "{}", redis.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_redis_cluster_shares_decisions() {
+    let cluster = RedisCluster::start_tls();
+    let urls = cluster.urls();
+    let store = format!(
+        "quota_store: {{ redis: {}, timeout: 50ms, expected_replicas: 2 }}\n",
+        yaml_list(&urls)
+    );
+    let ca = cluster.nodes[0].tls_ca().unwrap();
+    two_pods_share_three_a_minute(&store, ca).await;
+    let keys = cluster.all_keys();
+    let buckets: Vec<_> = keys
+        .iter()
+        .filter(|(_, k)| k.starts_with("sb:{tryvox:"))
+        .collect();
+    assert!(!buckets.is_empty(), "{keys:?}");
+    assert!(
+        keys.iter().all(|(_, k)| !k.contains("tls_fleet")),
+        "{keys:?}"
+    );
+    for n in &cluster.nodes {
+        assert_eq!(handshakes_refused(n, ""), 0, "{}", n.log());
+    }
 }
 
 /// A pod that cannot make a session with the TLS server (`store` is wrong for it) stays on
@@ -271,4 +301,40 @@ async fn rediss_without_the_ca_trusted_stays_in_fallback() {
     // rustls rejects the certificate for its issuer alone (the names match: the trusted
     // case above passes with the same certificate), and tells the server so.
     stays_in_fallback(&redis, "unknown ca", &store, &[]).await;
+}
+
+/// `#insecure` (redis-rs's switch to skip certificate checks) is refused at start, by name:
+/// this build has no such mode, and a pod that kept trying would sit in fallback with no
+/// visible reason. It never connects, and decides on its local share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_insecure_fragment_is_refused_at_start_by_name() {
+    let redis = Redis::start_tls();
+    let store = format!(
+        "quota_store: {{ redis: '{}/#insecure', timeout: 50ms, expected_replicas: 2 }}\n",
+        redis.url()
+    );
+    let s = sim("tryvox", "default: { status: 201, json: { id: c } }\n").await;
+    let pods = fleet(
+        1,
+        &store,
+        &format!("http://{}", s.addr()),
+        SHARED_3_PER_MIN,
+        &[],
+    );
+    let (sb, port) = &pods[0];
+    until("the refusal in the log", WAIT, || {
+        sb.stderr()
+            .contains("#insecure is not supported")
+            .then_some(())
+    })
+    .await;
+    let r = call(*port, "sk_test_insecure").await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let m = get(sb.admin, "/metrics").await.text();
+    assert_eq!(metric(&m, "switchboard_quota_store_fallback"), Some(1.0));
+    assert_eq!(
+        metric(&m, "switchboard_quota_store_duration_seconds_count"),
+        Some(0.0)
+    );
+    assert_eq!(handshakes_refused(&redis, ""), 0, "{}", redis.log());
 }
