@@ -90,10 +90,15 @@ async fn two_sidecars_share_one_vendor_quota_through_a_redis_cluster() {
     let s = sim("tryvox", VENDOR_30_PER_3S).await;
     let upstream = format!("http://{}", s.addr());
     let store = format!(
-        "quota_store: {{ redis: {}, timeout: 50ms, expected_replicas: 2 }}\n",
+        "quota_store: {{ redis: {}, timeout: 250ms, expected_replicas: 2 }}\n",
         yaml_list(&cluster.urls())
     );
-    let shared = "    limits: [ { rate: 30, per: 3s, burst: 3, shared: true } ]\n";
+    // Two under the vendor's number: the GCRA holds the window on Redis's clock, the vendor
+    // counts arrivals on its own, and a request admitted early but delivered late (2 busy
+    // cores, other test binaries) would otherwise make a 31st in the vendor's window. Two
+    // pods deciding alone would still send 56 per 3 s. The timeout is generous for the same
+    // reason: a decision that times out is made on the local share instead.
+    let shared = "    limits: [ { rate: 28, per: 3s, burst: 3, shared: true } ]\n";
     let pods = fleet(2, &store, &upstream, shared, &[]);
     for (sb, _) in &pods {
         until_metric(sb.admin, "switchboard_quota_store_fallback", 0.0).await;
@@ -108,20 +113,31 @@ async fn two_sidecars_share_one_vendor_quota_through_a_redis_cluster() {
     for t in tasks {
         statuses.extend(t.await.unwrap());
     }
+    // Named in the failure: a decision that failed was made on a local share.
+    let mut errors = Vec::new();
+    for (sb, _) in &pods {
+        let m = get(sb.admin, "/metrics").await.text();
+        errors.extend(
+            m.lines()
+                .filter(|l| l.starts_with("switchboard_quota_store_errors_total"))
+                .map(str::to_owned),
+        );
+    }
+    let errors = errors.join("; ");
     assert_eq!(
         s.limited(),
         0,
-        "the vendor answered 429: the fleet went over its quota"
+        "the vendor answered 429: the fleet went over its quota ({errors})"
     );
     assert!(
         statuses.iter().all(|&c| c == 201 || c == 429),
         "{statuses:?}"
     );
-    // 30 per 3 s for 6 s: 60 at most in two windows; GCRA with a burst of 3 admits
-    // 3 + 6 s / (3 s / 28) = 59. Both pods pushed far more than that.
+    // 28 per 3 s for 6 s: 56 in two windows; GCRA with a burst of 3 admits
+    // 3 + 6 s / (3 s / 26) = 55. Both pods pushed far more than that.
     let accepted = s.hits();
-    assert!(accepted <= 63, "{accepted} accepted");
-    assert!(accepted as f64 >= 0.9 * 59.0, "only {accepted} accepted");
+    assert!(accepted <= 58, "{accepted} accepted");
+    assert!(accepted >= 49, "only {accepted} accepted");
     assert!(statuses.len() > accepted, "the load never saturated");
 
     // The buckets live in the cluster: the account's keys share one hash tag, so one slot,
@@ -150,7 +166,7 @@ async fn two_sidecars_share_one_vendor_quota_through_a_redis_cluster() {
         assert!(asked.is_some_and(|n| n > 10.0), "{asked:?}");
     }
     eprintln!(
-        "accepted {accepted} of {} (at most 59 by the GCRA); keys on node :{owner}",
+        "accepted {accepted} of {} (at most 55 by the GCRA); keys on node :{owner}",
         statuses.len()
     );
 }
@@ -208,7 +224,7 @@ const TLS_KEY: &str = "sk_test_tls_fleet";
 async fn rediss_with_the_private_ca_in_ssl_cert_file_shares_decisions() {
     let redis = Redis::start_tls();
     let store = format!(
-        "quota_store: {{ redis: '{}', timeout: 50ms, expected_replicas: 2 }}\n",
+        "quota_store: {{ redis: '{}', timeout: 500ms, expected_replicas: 2 }}\n",
         redis.url()
     );
     two_pods_share_three_a_minute(&store, redis.tls_ca().unwrap()).await;
@@ -224,7 +240,7 @@ async fn a_tls_redis_cluster_shares_decisions() {
     let cluster = RedisCluster::start_tls();
     let urls = cluster.urls();
     let store = format!(
-        "quota_store: {{ redis: {}, timeout: 50ms, expected_replicas: 2 }}\n",
+        "quota_store: {{ redis: {}, timeout: 500ms, expected_replicas: 2 }}\n",
         yaml_list(&urls)
     );
     let ca = cluster.nodes[0].tls_ca().unwrap();
