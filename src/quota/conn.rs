@@ -50,6 +50,11 @@ pub fn check_url(url: &str) -> Result<(), String> {
     if !matches!(scheme, Some("redis") | Some("rediss")) {
         return Err("must start with redis:// or rediss://".into());
     }
+    // redis-rs parses `#insecure` but, built without `tls-rustls-insecure`, refuses it at
+    // every connect: the pod would sit in fallback with only a debug line saying why.
+    if url.contains('#') {
+        return Err("#insecure is not supported: trust the server's CA (SSL_CERT_FILE)".into());
+    }
     url.into_connection_info()
         .map(|_| ())
         .map_err(|_| "is not a valid Redis URL (redis://[:password@]host[:port][/db])".into())
@@ -142,5 +147,7 @@ mod tests {
         assert!(check_url("redis://:hunter2@host:notaport")
             .unwrap_err()
             .contains("not a valid"));
+        let e = check_url("rediss://:hunter2@host:6380/#insecure").unwrap_err();
+        assert!(e.contains("SSL_CERT_FILE") && !e.contains("hunter2"), "{e}");
     }
 }

@@ -113,6 +113,17 @@ impl Sb {
         )
     }
 
+    /// Like [`Sb::start_top`], with extra environment for the process (e.g. `SSL_CERT_FILE`).
+    pub fn start_top_env(top_yaml: &str, vendors_yaml: &str, env: &[(&str, String)]) -> Sb {
+        Self::start_full(
+            top_yaml,
+            vendors_yaml,
+            "5s",
+            env,
+            &root().join("config/profiles"),
+        )
+    }
+
     fn start_full(
         top: &str,
         vendors_yaml: &str,
