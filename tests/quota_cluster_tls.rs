@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::redis::{Redis, RedisCluster};
+use support::redis::{one_fleet_at_a_time, Redis, RedisCluster};
 use support::*;
 
 /// Sends `POST /v1/calls` for `key` as fast as answers come back until `until`, pausing
@@ -86,6 +86,7 @@ fn yaml_list(urls: &[String]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sidecars_share_one_vendor_quota_through_a_redis_cluster() {
+    let _turn = one_fleet_at_a_time().await;
     let cluster = RedisCluster::start();
     let s = sim("tryvox", VENDOR_30_PER_3S).await;
     let upstream = format!("http://{}", s.addr());
@@ -222,6 +223,7 @@ const TLS_KEY: &str = "sk_test_tls_fleet";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_with_the_private_ca_in_ssl_cert_file_shares_decisions() {
+    let _turn = one_fleet_at_a_time().await;
     let redis = Redis::start_tls();
     let store = format!(
         "quota_store: {{ redis: '{}', timeout: 500ms, expected_replicas: 2 }}\n",
@@ -237,6 +239,7 @@ async fn rediss_with_the_private_ca_in_ssl_cert_file_shares_decisions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_redis_cluster_shares_decisions() {
+    let _turn = one_fleet_at_a_time().await;
     let cluster = RedisCluster::start_tls();
     let urls = cluster.urls();
     let store = format!(
@@ -292,6 +295,7 @@ async fn stays_in_fallback(redis: &Redis, why: &str, store: &str, env: &[(&str, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_redis_url_to_a_tls_port_stays_in_fallback() {
+    let _turn = one_fleet_at_a_time().await;
     let redis = Redis::start_tls();
     let plain = redis.url().replacen("rediss://", "redis://", 1);
     let store =
@@ -309,6 +313,7 @@ async fn plain_redis_url_to_a_tls_port_stays_in_fallback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_without_the_ca_trusted_stays_in_fallback() {
+    let _turn = one_fleet_at_a_time().await;
     let redis = Redis::start_tls();
     let store = format!(
         "quota_store: {{ redis: '{}', timeout: 50ms, expected_replicas: 2 }}\n",
@@ -319,38 +324,30 @@ async fn rediss_without_the_ca_trusted_stays_in_fallback() {
     stays_in_fallback(&redis, "unknown ca", &store, &[]).await;
 }
 
-/// `#insecure` (redis-rs's switch to skip certificate checks) is refused at start, by name:
-/// this build has no such mode, and a pod that kept trying would sit in fallback with no
-/// visible reason. It never connects, and decides on its local share.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rediss_insecure_fragment_is_refused_at_start_by_name() {
-    let redis = Redis::start_tls();
-    let store = format!(
-        "quota_store: {{ redis: '{}/#insecure', timeout: 50ms, expected_replicas: 2 }}\n",
-        redis.url()
-    );
-    let s = sim("tryvox", "default: { status: 201, json: { id: c } }\n").await;
-    let pods = fleet(
-        1,
-        &store,
-        &format!("http://{}", s.addr()),
-        SHARED_3_PER_MIN,
-        &[],
-    );
-    let (sb, port) = &pods[0];
-    until("the refusal in the log", WAIT, || {
-        sb.stderr()
-            .contains("#insecure is not supported")
-            .then_some(())
-    })
-    .await;
-    let r = call(*port, "sk_test_insecure").await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let m = get(sb.admin, "/metrics").await.text();
-    assert_eq!(metric(&m, "switchboard_quota_store_fallback"), Some(1.0));
-    assert_eq!(
-        metric(&m, "switchboard_quota_store_duration_seconds_count"),
-        Some(0.0)
-    );
-    assert_eq!(handshakes_refused(&redis, ""), 0, "{}", redis.log());
+/// `#insecure` (redis-rs's switch to skip certificate checks) is refused by `check-config`
+/// and at start, by name: this build has no such mode, and a pod that kept trying would sit
+/// in fallback with no visible reason.
+#[test]
+fn rediss_insecure_fragment_is_refused_by_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("switchboard.yaml");
+    std::fs::write(
+        &file,
+        "quota_store: { redis: 'rediss://127.0.0.1:6380/#insecure' }\nvendors:\n  - name: tryvox\n    listen: 127.0.0.1:0\n    upstream: http://127.0.0.1:9\n    limits: [ { rate: 3, per: 1m, shared: true } ]\n",
+    )
+    .unwrap();
+    for args in [vec!["check-config"], vec![]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["--config", file.to_str().unwrap()])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("quota_store.redis: invalid Redis URL")
+                && err.contains("#insecure is not supported"),
+            "{args:?}: {err}"
+        );
+    }
 }

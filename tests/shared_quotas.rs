@@ -9,7 +9,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::redis::Redis;
+use support::redis::{one_fleet_at_a_time, Redis};
 use support::*;
 
 /// Sends `POST /v1/calls` for `key` as fast as answers come back until `until`, pausing
@@ -118,6 +118,7 @@ impl Monitor {
 /// script again and no decision fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_sidecars_share_one_vendor_quota() {
+    let _turn = one_fleet_at_a_time().await;
     let redis = Redis::start();
     let s = sim("tryvox", VENDOR_30_PER_3S).await;
     let upstream = format!("http://{}", s.addr());
@@ -197,6 +198,7 @@ async fn three_sidecars_share_one_vendor_quota() {
 /// fleet still stays within the vendor's quota.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_each_pod_keeps_to_its_share() {
+    let _turn = one_fleet_at_a_time().await;
     let s = sim("tryvox", VENDOR_30_PER_3S).await;
     let upstream = format!("http://{}", s.addr());
     // Nothing listens there.
@@ -242,6 +244,7 @@ async fn with_redis_down_each_pod_keeps_to_its_share() {
 /// pod answers the key's next request itself, and the vendor sees nothing more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vendor_429_told_to_one_pod_pauses_the_key_on_every_pod() {
+    let _turn = one_fleet_at_a_time().await;
     let redis = Redis::start();
     let scenario = "rules:\n  - match: { path_prefix: /v1/calls }\n    steps: [ { status: 429, headers: { retry-after: \"20\" }, json: { error: { code: RATE_LIMITED, message: slow down } } }, { status: 201, json: { id: c } } ]\n";
     let s = sim("tryvox", scenario).await;
@@ -393,6 +396,7 @@ async fn asking_again(admins: &[std::net::SocketAddr], before: &[f64]) {
 /// in Redis again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_redis_hands_over_to_the_local_shares_without_a_burst() {
+    let _turn = one_fleet_at_a_time().await;
     let redis = Redis::start();
     let stopped = std::sync::Arc::new(std::sync::Mutex::new(None));
     let seen = stopped.clone();
@@ -427,6 +431,7 @@ async fn a_frozen_redis_hands_over_to_the_local_shares_without_a_burst() {
 /// The restarted Redis has no scripts: the pods load them again (NOSCRIPT).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restarted_empty_brings_no_burst_back() {
+    let _turn = one_fleet_at_a_time().await;
     let redis = Redis::start();
     let (port, url) = (redis.port, redis.url());
     let back = std::sync::Arc::new(std::sync::Mutex::new(None));
@@ -466,6 +471,7 @@ async fn a_redis_restarted_empty_brings_no_burst_back() {
 /// nothing in one script), so no capacity is stranded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vendor_wide_and_endpoint_buckets_strand_nothing() {
+    let _turn = one_fleet_at_a_time().await;
     let redis = Redis::start();
     let vendor = "limits:\n  - { match: { path_prefix: /v1 }, rate: 30, per: 3s, key_header: authorization }\ndefault: { status: 201, json: { id: c } }\n";
     let s = sim("tryvox", vendor).await;
@@ -527,6 +533,7 @@ async fn vendor_wide_and_endpoint_buckets_strand_nothing() {
 /// vendor's quota (sized by the stale 1, each pod alone would send the whole of it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_share_follows_the_live_replicas() {
+    let _turn = one_fleet_at_a_time().await;
     let redis = Redis::start();
     let s = sim("tryvox", VENDOR_30_PER_3S).await;
     let upstream = format!("http://{}", s.addr());
@@ -571,6 +578,7 @@ async fn the_local_share_follows_the_live_replicas() {
 /// pod B gets one more and then answers 429 itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_take_shared_tokens() {
+    let _turn = one_fleet_at_a_time().await;
     let redis = Redis::start();
     let scenario = "rules:\n  - match: { path_prefix: /v1/calls }\n    steps: [ { status: 503, json: { error: { code: UNAVAILABLE, message: busy } } }, { status: 201, json: { id: c } } ]\n";
     let s = sim("tryvox", scenario).await;

@@ -1010,7 +1010,9 @@ fn redis_url(u: &str) -> Result<(), String> {
             return bad("the port must be 1 to 65535");
         }
     }
-    Ok(())
+    // The store's own check too (e.g. `#insecure`, which this build refuses): check-config
+    // and start-up must not disagree.
+    crate::quota::check_url(u).map_err(|why| format!("invalid Redis URL {u:?}: {why}"))
 }
 
 #[cfg(test)]

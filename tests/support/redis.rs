@@ -456,3 +456,11 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> std::process::Output {
     }
     child.wait_with_output().unwrap()
 }
+
+/// Held for the whole of a test that measures a fleet's rate against a vendor's window:
+/// two such tests at once on a 2-core machine delay deliveries by more than the window's
+/// margin. Tests of one binary run on parallel threads; this makes those tests take turns.
+pub async fn one_fleet_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
