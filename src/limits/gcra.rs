@@ -143,6 +143,8 @@ pub struct Bucket<C: Clock> {
     slot: usize,
     /// How far ahead of now a TAT is once the whole burst is used (ns): `burst × interval`.
     capacity_ns: u64,
+    /// The spacing of tokens (ns): what one used token adds to a TAT.
+    interval_ns: u64,
     /// When the governor limiter was made: its TATs count from there, not from `epoch`.
     born: C::Instant,
     clock: C,
@@ -163,6 +165,7 @@ impl<C: Clock + Clone> Bucket<C> {
             limiter,
             slot,
             capacity_ns: interval.saturating_mul(u64::from(shape.burst)),
+            interval_ns: interval.max(1),
             born,
             clock,
             epoch,
@@ -174,6 +177,27 @@ impl<C: Clock> Bucket<C> {
     /// Now, in ns since the epoch.
     pub fn now(&self) -> u64 {
         u64::from(self.clock.now().duration_since(self.epoch))
+    }
+
+    /// Carries into `state` what `old_state` has used of `old` (the same limit before a
+    /// reload, perhaps of another shape): as many tokens as are in use there are in use
+    /// here, so a key that used 3 of 3 and now may have 5 gets 2 more, not 5. Never lowers
+    /// this state's TAT.
+    pub(crate) fn carry(&self, state: &KeyState, old: &Bucket<C>, old_state: &KeyState) {
+        let (Some(tat), Some(old_tat)) = (state.tat(self.slot), old_state.tat(old.slot)) else {
+            return;
+        };
+        let then = old_tat.load(Ordering::Acquire);
+        let old_now = u64::from(old.clock.now().duration_since(old.born));
+        let debt = then.saturating_sub(old_now);
+        if then == 0 || debt == 0 {
+            return;
+        }
+        // Tokens in use, in the old spacing, then in the new one (u128: no overflow).
+        let carried = u128::from(debt) * u128::from(self.interval_ns) / u128::from(old.interval_ns);
+        let carried = u64::try_from(carried).unwrap_or(u64::MAX);
+        let now = u64::from(self.clock.now().duration_since(self.born));
+        tat.fetch_max(now.saturating_add(carried).max(1), Ordering::AcqRel);
     }
 
     /// Marks `used` (a fraction, clamped to 0..=1) of `state`'s capacity in this bucket as in
@@ -351,6 +375,31 @@ mod tests {
         let seeded = KeyState::new(1);
         late.seed(&seeded, 0.5);
         assert_eq!(admitted(&[(&late, &seeded)], 10), 2);
+    }
+
+    #[test]
+    fn a_reload_carries_the_tokens_used_not_the_time() {
+        let clock = FakeRelativeClock::default();
+        // 3 per 60 s, burst 3: all used.
+        let old = bucket(3, 60, 3, 0, &clock);
+        let used = KeyState::new(1);
+        assert_eq!(admitted(&[(&old, &used)], 10), 3);
+        clock.advance(Duration::from_secs(1));
+        // Raised to 5, burst 5: 2 more, not 5.
+        let new = bucket(5, 60, 5, 0, &clock);
+        let carried = KeyState::new(1);
+        new.carry(&carried, &old, &used);
+        assert_eq!(admitted(&[(&new, &carried)], 10), 2);
+        // Lowered to 2, burst 2: nothing now (3 in use of 2).
+        let lower = bucket(2, 60, 2, 0, &clock);
+        let carried = KeyState::new(1);
+        lower.carry(&carried, &old, &used);
+        assert_eq!(admitted(&[(&lower, &carried)], 10), 0);
+        // A key that used nothing carries nothing.
+        let fresh = KeyState::new(1);
+        let carried = KeyState::new(1);
+        new.carry(&carried, &old, &fresh);
+        assert_eq!(admitted(&[(&new, &carried)], 10), 5);
     }
 
     fn admitted(checks: &[(&B, &KeyState)], n: usize) -> usize {

@@ -280,6 +280,36 @@ impl Limiter {
         }
     }
 
+    /// Takes over the state of `old`, this vendor's limiter before a reload: each key's use
+    /// of every limit that is still there (same place in the config, same scope) — in
+    /// tokens, so a changed limit keeps what each key has used — and the pauses in force.
+    /// Limits that are gone leave their state behind; new ones start full. Decisions `old`
+    /// makes during the copy (microseconds, before the swap) are not carried.
+    pub fn carry_from(&self, old: &Limiter) {
+        let pairs = self.plans.matching(&old.plans);
+        if pairs.is_empty() {
+            return;
+        }
+        let (keyed, global): (Vec<_>, Vec<_>) = pairs
+            .iter()
+            .map(|&(n, o)| (&self.plans.buckets[n], &old.plans.buckets[o]))
+            .partition(|(n, _)| n.spec.scope == Scope::Key);
+        let now = now_ns();
+        if !keyed.is_empty() {
+            old.keys.for_each(|key, was| {
+                self.keys.with(key, now, |k| {
+                    for (n, o) in &keyed {
+                        n.bucket.carry(k, &o.bucket, was);
+                    }
+                });
+            });
+        }
+        for (n, o) in &global {
+            n.bucket.carry(&self.global, &o.bucket, &old.global);
+        }
+        self.pauses.carry(&old.pauses, &pairs, now);
+    }
+
     /// Seeds `key`'s enforced buckets of `scope` on endpoint `ep`, in the plan's order, from
     /// the fleet's state: `used` yields, for each, the fraction of the fleet's bucket in use.
     /// The bucket then holds that fraction of this pod's share too, so when this limiter
@@ -332,6 +362,60 @@ mod tests {
     use super::super::Reject;
     use super::*;
     use tokio::time::advance;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_keeps_what_each_key_used_of_the_limits_still_there() {
+        let old = limiter(vec![spec(3, 60, 3)], vec![spec(50, 60, 1)], None);
+        assert_eq!(allowed(&old, 1, 1, 3).await, 3, "key 1 used its 3");
+        assert_eq!(
+            allowed(&old, 3, 0, 1).await,
+            1,
+            "key 3 used the endpoint's one"
+        );
+        old.vendor_said(4, 1, true, Some(30));
+        advance(Duration::from_millis(10)).await;
+        // The key-wide limit raised to 5, the endpoint's removed.
+        let new = limiter(vec![spec(5, 60, 5)], vec![], None);
+        new.carry_from(&old);
+        assert_eq!(
+            allowed(&new, 1, 1, 10).await,
+            2,
+            "3 of 5 used: 2 more, not 5"
+        );
+        assert_eq!(
+            allowed(&new, 3, 0, 10).await,
+            4,
+            "the endpoint's limit is gone"
+        );
+        assert_eq!(allowed(&new, 5, 1, 10).await, 5, "a new key starts full");
+        // The vendor's pause of key 4 was carried too.
+        assert_eq!(allowed(&new, 4, 1, 1).await, 0);
+        advance(Duration::from_secs(30)).await;
+        assert_eq!(allowed(&new, 4, 1, 1).await, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_keeps_what_the_fleet_used_of_a_global_limit() {
+        let mut g = spec(10, 60, 10);
+        g.scope = Scope::Global;
+        let old = limiter(vec![g.clone()], vec![], None);
+        assert_eq!(
+            allowed(&old, 1, 1, 4).await + allowed(&old, 2, 1, 3).await,
+            7
+        );
+        g.shape = super::super::Shape {
+            rate: 20,
+            per: Duration::from_secs(60),
+            burst: 20,
+        };
+        let new = limiter(vec![g], vec![], None);
+        new.carry_from(&old);
+        assert_eq!(allowed(&new, 3, 1, 30).await, 13);
+        // A limit that moved to another scope is another limit: it starts full.
+        let keyed = limiter(vec![spec(20, 60, 20)], vec![], None);
+        keyed.carry_from(&old);
+        assert_eq!(allowed(&keyed, 1, 1, 30).await, 20);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn burst_then_rate_with_an_exact_retry_after() {

@@ -79,6 +79,21 @@ impl Pauses {
         }
     }
 
+    /// Copies `old`'s pauses in force at `now` onto the matching buckets (`(new, old)` index
+    /// pairs): the vendor's word still holds after a reload.
+    pub(super) fn carry(&self, old: &Pauses, pairs: &[(usize, usize)], now: u64) {
+        for e in old.table.iter() {
+            let (&(target, old_i), &until) = (e.key(), e.value());
+            if until <= now {
+                continue;
+            }
+            for &(n, _) in pairs.iter().filter(|(_, o)| *o == old_i) {
+                self.table.insert((target, n), until);
+            }
+        }
+        self.entries.store(self.table.len(), Ordering::Release);
+    }
+
     /// Drops the pauses over at `now` (ns).
     pub(super) fn expire(&self, now: u64) {
         self.table.retain(|_, until| *until > now);

@@ -27,6 +27,9 @@ pub const MAX_BUCKETS_PER_REQUEST: usize = 64;
 pub(super) struct Rt {
     pub(super) bucket: Bucket<TokioClock>,
     pub(super) spec: BucketSpec,
+    /// Where the config has it: vendor-wide (`None`) or the endpoint of that name, and its
+    /// position in that list. What makes it "the same limit" across a reload.
+    pub(super) origin: (Option<String>, usize),
 }
 
 /// The buckets one endpoint's requests go through (indices into [`Plans::buckets`]).
@@ -64,7 +67,7 @@ impl Plans {
         let clock = TokioClock;
         let mut buckets = Vec::new();
         let (mut key_slots, mut global_slots) = (0, 0);
-        let mut add = |spec: &BucketSpec| -> Option<usize> {
+        let mut add = |spec: &BucketSpec, origin: (Option<String>, usize)| -> Option<usize> {
             let slot = match spec.scope {
                 Scope::Key => &mut key_slots,
                 Scope::Global => &mut global_slots,
@@ -74,13 +77,25 @@ impl Plans {
             buckets.push(Rt {
                 bucket,
                 spec: spec.clone(),
+                origin,
             });
             Some(buckets.len() - 1)
         };
-        let wide: Vec<usize> = vendor_wide.iter().filter_map(&mut add).collect();
+        let wide: Vec<usize> = vendor_wide
+            .iter()
+            .enumerate()
+            .filter_map(|(j, s)| add(s, (None, j)))
+            .collect();
         let mut own: Vec<Vec<usize>> = Vec::new();
-        for specs in per_endpoint {
-            own.push(specs.iter().filter_map(&mut add).collect());
+        for (ep, specs) in per_endpoint.iter().enumerate() {
+            let name = endpoint_names.get(ep).cloned().unwrap_or_default();
+            own.push(
+                specs
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(j, s)| add(s, (Some(name.clone()), j)))
+                    .collect(),
+            );
         }
         let by_endpoint = (0..endpoint_names.len())
             .map(|ep| {
@@ -128,6 +143,21 @@ impl Plans {
     #[inline]
     pub(super) fn endpoint(&self, ep: usize) -> Option<&Plan> {
         self.by_endpoint.get(ep)
+    }
+
+    /// Pairs `(new, old)` of bucket indices that are the same limit in `self` and `old`:
+    /// the same place in the config and the same scope (its shape may have changed).
+    pub(super) fn matching(&self, old: &Plans) -> Vec<(usize, usize)> {
+        self.buckets
+            .iter()
+            .enumerate()
+            .filter_map(|(n, rt)| {
+                old.buckets
+                    .iter()
+                    .position(|o| o.origin == rt.origin && o.spec.scope == rt.spec.scope)
+                    .map(|o| (n, o))
+            })
+            .collect()
     }
 
     /// TAT slots each key's state needs.

@@ -128,6 +128,13 @@ impl KeyTable {
         f(&k)
     }
 
+    /// Runs `f` on every live key's state (a reload's copy; not on the request path).
+    pub(super) fn for_each(&self, mut f: impl FnMut(u64, &KeyState)) {
+        for e in self.keys.iter() {
+            f(*e.key(), e.value());
+        }
+    }
+
     /// A new key found the table full: say so, at most once per period.
     #[cold]
     fn overflowed(&self, now: u64) {
