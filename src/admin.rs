@@ -1,5 +1,7 @@
 //! The admin listener: `GET /healthz` (process alive), `GET /readyz` (config loaded,
-//! listeners bound, not draining) and `GET /metrics` (Prometheus text). Anything else is 404.
+//! listeners bound, not draining), `GET /metrics` (Prometheus text) and `GET /config` (the
+//! config in force, secrets redacted, with its hash in `X-Switchboard-Config`). Anything else
+//! is 404.
 //!
 //! Pingora's own Prometheus service answers on every path, so this is a small `ServeHttp` app.
 
@@ -12,17 +14,23 @@ use pingora::protocols::http::ServerSession;
 
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
+use crate::reload::Active;
 
 /// The admin HTTP app.
 pub struct AdminApp {
     metrics: Metrics,
     lifecycle: Arc<Lifecycle>,
+    active: Arc<Active>,
 }
 
 impl AdminApp {
-    /// Serves these metrics and this lifecycle.
-    pub fn new(metrics: Metrics, lifecycle: Arc<Lifecycle>) -> Self {
-        AdminApp { metrics, lifecycle }
+    /// Serves these metrics, this lifecycle and the config in force.
+    pub fn new(metrics: Metrics, lifecycle: Arc<Lifecycle>, active: Arc<Active>) -> Self {
+        AdminApp {
+            metrics,
+            lifecycle,
+            active,
+        }
     }
 
     /// The response for a method and path (split out so it can be tested without sockets).
@@ -41,6 +49,7 @@ impl AdminApp {
                 "text/plain; version=0.0.4; charset=utf-8",
                 self.metrics.render(),
             ),
+            "/config" => (200, "application/json", self.active.get().shown.clone()),
             _ => (404, text, b"not found\n".to_vec()),
         }
     }
@@ -52,11 +61,13 @@ impl ServeHttp for AdminApp {
         let req = session.req_header();
         let (status, ctype, body) = self.answer(req.method.as_str(), req.uri.path());
         let len = body.len();
+        let hash = self.active.get().hash.clone();
         Response::builder()
             .status(status)
             .header("content-type", ctype)
             .header("content-length", len)
             .header("cache-control", "no-store")
+            .header("x-switchboard-config", hash)
             .body(body)
             .unwrap_or_else(|_| Response::new(Vec::new()))
     }

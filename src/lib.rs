@@ -17,6 +17,7 @@ pub mod normalize;
 pub mod proxy;
 pub mod quota;
 pub mod redact;
+pub mod reload;
 pub mod retry;
 pub mod routing;
 pub mod server;

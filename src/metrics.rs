@@ -56,6 +56,43 @@ pub struct Metrics {
     pub retry_giveups: IntCounterVec,
     /// The shared quota store's families (SPEC §7), present whether or not one is set.
     pub quota: QuotaMetrics,
+    /// Config reloads (SPEC §7).
+    pub reload: ReloadMetrics,
+}
+
+/// Config reload metric handles.
+#[derive(Clone)]
+pub struct ReloadMetrics {
+    /// `switchboard_config_reloads_total{result}` (`ok`, `error`).
+    pub reloads: IntCounterVec,
+    /// `switchboard_config_last_reload_successful`: 1 or 0, as Prometheus's own.
+    pub last_successful: prometheus::IntGauge,
+    /// `switchboard_config_info{hash}`: 1 for the config in force.
+    pub info: IntGaugeVec,
+}
+
+impl ReloadMetrics {
+    /// The config of this `hash` is in force from start-up.
+    pub fn started(&self, hash: &str) {
+        self.last_successful.set(1);
+        self.info.with_label_values(&[hash]).set(1);
+    }
+
+    /// A reload was refused: the running config goes on.
+    pub fn failed(&self) {
+        self.reloads.with_label_values(&["error"]).inc();
+        self.last_successful.set(0);
+    }
+
+    /// A reload replaced the config `old` by `new`.
+    pub fn succeeded(&self, old: &str, new: &str) {
+        self.reloads.with_label_values(&["ok"]).inc();
+        self.last_successful.set(1);
+        if old != new {
+            let _ = self.info.remove_label_values(&[old]);
+        }
+        self.info.with_label_values(&[new]).set(1);
+    }
 }
 
 /// `reason` labels of `switchboard_quota_store_errors_total` (pre-created at 0).
@@ -195,6 +232,55 @@ impl Metrics {
         for reason in QUOTA_ERRORS {
             quota.errors.with_label_values(&[reason]);
         }
+        let reload = ReloadMetrics {
+            reloads: counter(
+                "switchboard_config_reloads_total",
+                "Config reloads (SIGHUP or a changed file), by result (ok, error)",
+                &["result"],
+            )?,
+            last_successful: plain_gauge(
+                "switchboard_config_last_reload_successful",
+                "1 when the last config reload succeeded (or none was tried), 0 when it was refused",
+            )?,
+            info: gauge(
+                "switchboard_config_info",
+                "1 for the config in force; hash: a digest of the config and its profiles",
+                &["hash"],
+            )?,
+        };
+        for result in ["ok", "error"] {
+            reload.reloads.with_label_values(&[result]);
+        }
+        reload.last_successful.set(1);
+        let m = Metrics {
+            registry,
+            requests,
+            errors,
+            request_duration,
+            upstream_duration,
+            ratelimit_decisions,
+            queue_depth,
+            ratelimit_keys,
+            upstream_attempts,
+            retries,
+            retry_giveups,
+            quota,
+            reload,
+        };
+        m.declare(vendors);
+        Ok(m)
+    }
+
+    /// Creates every vendor's and endpoint's series at 0 (again after a reload: new endpoints
+    /// get theirs; existing ones are left as they are).
+    pub fn declare(&self, vendors: &[(String, Vec<String>)]) {
+        let (queue_depth, ratelimit_keys, retries, retry_giveups, errors) = (
+            &self.queue_depth,
+            &self.ratelimit_keys,
+            &self.retries,
+            &self.retry_giveups,
+            &self.errors,
+        );
         for (vendor, endpoints) in vendors {
             queue_depth.with_label_values(&[vendor]);
             ratelimit_keys.with_label_values(&[vendor]);
@@ -212,20 +298,6 @@ impl Metrics {
                 }
             }
         }
-        Ok(Metrics {
-            registry,
-            requests,
-            errors,
-            request_duration,
-            upstream_duration,
-            ratelimit_decisions,
-            queue_depth,
-            ratelimit_keys,
-            upstream_attempts,
-            retries,
-            retry_giveups,
-            quota,
-        })
     }
 
     /// Moves `switchboard_queue_depth{vendor}` by `delta` (requests waiting for a retry).

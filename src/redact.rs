@@ -26,6 +26,54 @@ pub const MIN_SECRET: usize = 4;
 /// far as it got.
 const CUT_MARK: &str = "…[truncated by switchboard";
 
+/// Object keys whose values `config_view` hides (matched case-insensitively, as parts of
+/// the key): credentials, should a config ever carry one.
+const SECRET_KEYS: [&str; 6] = [
+    "password",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "authorization",
+];
+
+/// The config as `GET /config` shows it: values under a secret-sounding key (not the
+/// `*_env` names of variables) and the credentials part of any URL become [`REDACTED`].
+pub fn config_view(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let lower = k.to_ascii_lowercase();
+                    let secret =
+                        !lower.ends_with("_env") && SECRET_KEYS.iter().any(|s| lower.contains(s));
+                    let shown = match (secret, v) {
+                        (true, Value::Null) => Value::Null,
+                        (true, _) => Value::String(REDACTED.into()),
+                        (false, v) => config_view(v),
+                    };
+                    (k.clone(), shown)
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(config_view).collect()),
+        Value::String(s) => Value::String(url_without_credentials(s)),
+        other => other.clone(),
+    }
+}
+
+/// `scheme://user:pass@host…` → `scheme://[redacted]@host…`; anything else unchanged.
+fn url_without_credentials(s: &str) -> String {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return s.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{REDACTED}@{}", &rest[at + 1..]),
+        None => s.to_string(),
+    }
+}
+
 /// A request's secrets, longest first (so a key inside the header value does not split it).
 /// Its `Debug` never prints them.
 #[derive(Default, Clone)]
@@ -218,5 +266,38 @@ mod tests {
         // ...and Debug never prints a secret.
         let h = auth("Bearer sk_live_SECRET");
         assert!(!format!("{:?}", Secrets::of(&h, &bearer())).contains("SECRET"));
+    }
+}
+
+#[cfg(test)]
+mod config_view_tests {
+    use super::*;
+
+    #[test]
+    fn the_config_view_hides_credentials_and_keeps_the_rest() {
+        let v = serde_json::json!({
+            "quota_store": { "redis": ["redis://:hunter2@r:6379", "rediss://r2:6380"], "password_env": "REDIS_PW" },
+            "vendors": [{ "name": "tryvox", "upstream": "https://user:pw@api.tryvox.io/v1?x=@", "api_key": "sk_live_x", "limits": [{ "rate": 5 }] }],
+            "Authorization": null
+        });
+        let shown = config_view(&v);
+        let text = shown.to_string();
+        assert!(
+            !text.contains("hunter2") && !text.contains("sk_live_x") && !text.contains("user:pw"),
+            "{text}"
+        );
+        assert_eq!(
+            shown["quota_store"]["redis"][0],
+            "redis://[redacted]@r:6379"
+        );
+        assert_eq!(shown["quota_store"]["redis"][1], "rediss://r2:6380");
+        assert_eq!(shown["quota_store"]["password_env"], "REDIS_PW");
+        assert_eq!(
+            shown["vendors"][0]["upstream"],
+            "https://[redacted]@api.tryvox.io/v1?x=@"
+        );
+        assert_eq!(shown["vendors"][0]["api_key"], REDACTED);
+        assert_eq!(shown["vendors"][0]["limits"][0]["rate"], 5);
+        assert_eq!(shown["Authorization"], Value::Null);
     }
 }

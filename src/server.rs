@@ -10,7 +10,8 @@
 //!   not cut the requests the drain promised to finish.
 //! - SIGINT: exits 130 at once, also during a drain (Pingora reads its shutdown signal only
 //!   once, so the thread exits itself rather than asking Pingora).
-//! - SIGHUP: logged and ignored until config reload exists.
+//! - SIGHUP: reloads the config (`reload`): validated first, refused when invalid or when it
+//!   changes what needs a restart; never ends the process.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -30,7 +31,8 @@ use crate::http::pool::Upstreams;
 use crate::lifecycle::Lifecycle;
 use crate::limits::{Sweep, Sweeper};
 use crate::metrics::Metrics;
-use crate::proxy::{Exchange, Quota, Switchboard, VendorRuntime};
+use crate::proxy::{Exchange, Quota, Switchboard};
+use crate::reload::{Active, Builder, Reloader};
 use crate::routing::DnsRefresher;
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
@@ -70,7 +72,8 @@ fn check_bind(addr: SocketAddr, what: &str) -> Result<(), StartError> {
 pub fn run(cfg: &Config) -> Result<(), StartError> {
     // First, so that no signal has its default action once the process is up.
     let lifecycle = Lifecycle::new();
-    let drain = start_signal_thread(lifecycle.clone(), cfg.shutdown.grace_period)
+    let reload = Arc::new(Notify::new());
+    let drain = start_signal_thread(lifecycle.clone(), cfg.shutdown.grace_period, reload.clone())
         .map_err(StartError::Signals)?;
 
     // Pingora retries a busy port for a while and then panics; say it clearly up front.
@@ -95,46 +98,36 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let metrics = Metrics::new(
-        &cfg.vendors
-            .iter()
-            .map(|v| {
-                let labels = crate::routing::Router::new(v.endpoints.clone())
-                    .names()
-                    .map(str::to_string)
-                    .collect();
-                (v.name.clone(), labels)
-            })
-            .collect::<Vec<_>>(),
-    )?;
+    let metrics = Metrics::new(&crate::reload::vendor_labels(cfg))?;
     let quota = cfg
         .quota_store
         .as_ref()
         .map(|q| start_quota_store(q, &metrics));
-    let vendors: Vec<Arc<VendorRuntime>> = cfg
-        .vendors
-        .iter()
-        .map(|v| {
-            Arc::new(VendorRuntime::new(
-                v.clone(),
-                &metrics,
-                Some(lifecycle.clone()),
-                quota.as_ref(),
-            ))
-        })
-        .collect();
-    let resolvers = vendors.iter().map(|v| v.resolver.clone()).collect();
-    let limiters = vendors
-        .iter()
-        .flat_map(|v| {
-            let own: Arc<dyn Sweep> = v.limits.clone();
-            let share = v
-                .shared
-                .as_ref()
-                .map(|s| s.local_share().clone() as Arc<dyn Sweep>);
-            std::iter::once(own).chain(share)
-        })
-        .collect();
+    let builder = Builder {
+        metrics: metrics.clone(),
+        lifecycle: lifecycle.clone(),
+        quota,
+    };
+    let first = builder.runtime(cfg.clone(), None);
+    metrics.reload.started(&first.hash);
+    let resolvers = first.vendors.iter().map(|v| v.resolver.clone()).collect();
+    let active = Active::new(first);
+    let sweep = active.clone();
+    let limiters: crate::limits::Limiters = Box::new(move || {
+        sweep
+            .get()
+            .vendors
+            .iter()
+            .flat_map(|v| {
+                let own: Arc<dyn Sweep> = v.limits.clone();
+                let share = v
+                    .shared
+                    .as_ref()
+                    .map(|s| s.local_share().clone() as Arc<dyn Sweep>);
+                std::iter::once(own).chain(share)
+            })
+            .collect()
+    });
     let listen: Vec<SocketAddr> = cfg.vendors.iter().map(|v| v.listen).collect();
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
@@ -147,7 +140,7 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
                 lifecycle.clone(),
                 metrics.clone(),
             ),
-            vendors,
+            active.clone(),
             metrics.clone(),
         ),
         "switchboard",
@@ -157,7 +150,7 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
     }
     let mut admin = Service::new(
         "admin".to_string(),
-        AdminApp::new(metrics, lifecycle.clone()),
+        AdminApp::new(metrics, lifecycle.clone(), active.clone()),
     );
     admin.add_tcp(&cfg.admin.listen.to_string());
     admin.threads = Some(1);
@@ -166,6 +159,10 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
     server.add_service(admin);
     server.add_service(background_service("dns", DnsRefresher::new(resolvers)));
     server.add_service(background_service("limits", Sweeper::new(limiters)));
+    server.add_service(background_service(
+        "reload",
+        Reloader::new(cfg.file.clone(), active, builder, reload),
+    ));
     server.add_service(background_service(
         "readiness",
         Readiness {
@@ -254,7 +251,11 @@ impl ShutdownSignalWatch for DrainSignal {
 /// Registers every signal Switchboard handles, then serves them on a thread of its own with
 /// a one-thread runtime. The handlers are in place when this returns. The returned `Notify`
 /// fires once, when a drain starts.
-fn start_signal_thread(lifecycle: Arc<Lifecycle>, grace: Duration) -> std::io::Result<Arc<Notify>> {
+fn start_signal_thread(
+    lifecycle: Arc<Lifecycle>,
+    grace: Duration,
+    reload: Arc<Notify>,
+) -> std::io::Result<Arc<Notify>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -272,7 +273,7 @@ fn start_signal_thread(lifecycle: Arc<Lifecycle>, grace: Duration) -> std::io::R
     let notify = drain.clone();
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || rt.block_on(handle_signals(signals, lifecycle, grace, notify)))?;
+        .spawn(move || rt.block_on(handle_signals(signals, lifecycle, grace, notify, reload)))?;
     Ok(drain)
 }
 
@@ -292,6 +293,7 @@ async fn handle_signals(
     lifecycle: Arc<Lifecycle>,
     grace: Duration,
     drain: Arc<Notify>,
+    reload: Arc<Notify>,
 ) {
     loop {
         let which = tokio::select! {
@@ -304,7 +306,9 @@ async fn handle_signals(
                 std::process::exit(SIGINT_EXIT);
             }
             _ = s.hup.recv() => {
-                tracing::warn!("SIGHUP: config reload is not supported yet; ignoring");
+                tracing::info!("SIGHUP: reloading the config");
+                // Kept if the reloader is busy: one more reload after the current one.
+                reload.notify_one();
                 continue;
             }
             _ = s.term.recv() => "SIGTERM",

@@ -62,17 +62,7 @@ fn fleet(
 
 /// One `POST /v1/calls` for `key` on a fresh connection.
 async fn call(port: u16, key: &str) -> Resp {
-    let auth = format!("Bearer {key}");
-    send(
-        local(port),
-        &request(
-            "POST",
-            "/v1/calls",
-            &[("authorization", &auth)],
-            Some(b"{}"),
-        ),
-    )
-    .await
+    post_call(local(port), key).await
 }
 
 /// The vendor: 30 per 3 s per key, a sliding window, counting its own 429s.

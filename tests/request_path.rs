@@ -261,17 +261,7 @@ async fn an_echoed_key_never_reaches_the_envelope() {
 "#
     );
     let (_s, _sb, addr) = proxied("tryvox", &scenario, "", &[]).await;
-    let auth = format!("Bearer {secret}");
-    let r = send(
-        addr,
-        &request(
-            "POST",
-            "/v1/calls",
-            &[("authorization", &auth)],
-            Some(b"{}"),
-        ),
-    )
-    .await;
+    let r = post_call(addr, secret).await;
     assert_eq!(r.status, 401, "{}", r.text());
     let text = r.text();
     assert!(!text.contains("4f9Qz7TopSecret"), "{text}");

@@ -32,8 +32,22 @@ pub struct Config {
     pub profiles_dir: PathBuf,
     /// Where limits marked `shared` are decided (none: every limit is this pod's own).
     pub quota_store: Option<QuotaStore>,
+    /// When a changed file is reloaded without a signal.
+    pub reload: Reload,
     /// One entry per vendor listener.
     pub vendors: Vec<Vendor>,
+    /// The file as read, environment overrides applied (for `GET /config`, redacted).
+    pub source: serde_json::Value,
+}
+
+/// `reload:` — SIGHUP always reloads; with `watch`, so does a change of the file's content
+/// (or of a profile's), looked for every `poll`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reload {
+    /// Poll the config file and the profiles for changes.
+    pub watch: bool,
+    /// How often.
+    pub poll: Duration,
 }
 
 /// `quota_store:` — the Redis that decides limits marked `shared: true` for the fleet.
@@ -51,21 +65,21 @@ pub struct QuotaStore {
 }
 
 /// `admin:` — the listener for `/metrics`, `/healthz`, `/readyz`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Admin {
     /// Address to bind; 127.0.0.1 by default.
     pub listen: SocketAddr,
 }
 
 /// `shutdown:`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Shutdown {
     /// Longest time SIGTERM waits for in-flight requests before exiting anyway.
     pub grace_period: Duration,
 }
 
 /// `server:`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Server {
     /// Worker threads serving all vendor listeners.
     pub threads: usize,
@@ -81,7 +95,7 @@ pub enum LogFormat {
 }
 
 /// `log:`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Log {
     /// Output format.
     pub format: LogFormat,
@@ -790,6 +804,21 @@ pub(crate) fn validate(v: &Value, file: &Path, base_dir: &Path) -> Result<Config
 
     let profiles_dir = base_dir.join(raw.profiles_dir.as_deref().unwrap_or("profiles"));
 
+    let reload: RawReload = section(&raw.reload, "reload", &mut p);
+    let poll = duration(
+        reload.poll.as_deref(),
+        Duration::from_secs(2),
+        "reload.poll",
+        &mut p,
+    );
+    if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&poll) {
+        p.push("reload.poll", "must be between 100ms and 60s");
+    }
+    let reload = Reload {
+        watch: reload.watch.unwrap_or(true),
+        poll,
+    };
+
     if raw.vendors.is_empty() {
         p.push("vendors", "at least one vendor is required");
     }
@@ -858,7 +887,9 @@ pub(crate) fn validate(v: &Value, file: &Path, base_dir: &Path) -> Result<Config
         log: Log { format, level },
         profiles_dir,
         quota_store,
+        reload,
         vendors,
+        source: v.clone(),
     })
 }
 

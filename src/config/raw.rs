@@ -23,7 +23,16 @@ pub struct RawConfig {
     #[serde(default)]
     pub quota_store: Value,
     #[serde(default)]
+    pub reload: Value,
+    #[serde(default)]
     pub vendors: Vec<Value>,
+}
+
+/// `reload:` — when a changed config file is picked up without a signal.
+#[derive(Debug, Deserialize, Default)]
+pub struct RawReload {
+    pub watch: Option<bool>,
+    pub poll: Option<String>,
 }
 
 /// `quota_store:` — where limits marked `shared` are decided.

@@ -26,6 +26,16 @@ impl KeySource {
         }
     }
 
+    /// This source, or a new one when `header` or `scheme` differ: the same keys hash the
+    /// same across a reload (the hash key is per process), so their buckets carry over.
+    pub fn again(&self, header: HeaderName, scheme: Option<String>) -> Self {
+        if self.header == header && self.scheme == scheme {
+            self.clone()
+        } else {
+            KeySource::new(header, scheme)
+        }
+    }
+
     /// The header that carries the key.
     pub fn header(&self) -> &HeaderName {
         &self.header

@@ -47,5 +47,5 @@ pub use limiter::Limiter;
 pub use pauses::UNHINTED_PAUSE;
 pub use shared::{LocalShare, SharedLimits};
 pub use spec::{BucketSpec, Mode, Scope};
-pub use sweeper::{Sweep, Sweeper};
+pub use sweeper::{Limiters, Sweep, Sweeper};
 pub use verdict::{Reject, Verdict};

@@ -32,14 +32,17 @@ impl Sweep for Limiter {
     }
 }
 
+/// The limiters in force now (a reload replaces them).
+pub type Limiters = Box<dyn Fn() -> Vec<Arc<dyn Sweep>> + Send + Sync>;
+
 /// Background service that evicts idle keys of every vendor's limiter.
 pub struct Sweeper {
-    limiters: Vec<Arc<dyn Sweep>>,
+    limiters: Limiters,
 }
 
 impl Sweeper {
-    /// Sweeps these limiters until shutdown.
-    pub fn new(limiters: Vec<Arc<dyn Sweep>>) -> Self {
+    /// Sweeps the limiters `limiters` names at each sweep, until shutdown.
+    pub fn new(limiters: Limiters) -> Self {
         Sweeper { limiters }
     }
 }
@@ -47,18 +50,19 @@ impl Sweeper {
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for Sweeper {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let every = self
-            .limiters
-            .iter()
-            .map(|l| l.evict_every())
-            .min()
-            .unwrap_or(Duration::from_secs(60));
         loop {
+            let limiters = (self.limiters)();
+            let every = limiters
+                .iter()
+                .map(|l| l.evict_every())
+                .min()
+                .unwrap_or(Duration::from_secs(60));
+            drop(limiters);
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 _ = shutdown.changed() => return,
             }
-            for l in &self.limiters {
+            for l in (self.limiters)() {
                 l.evict();
             }
         }

@@ -13,7 +13,6 @@ pub mod respond;
 pub use ctx::Ctx;
 pub use exchange::Exchange;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +29,7 @@ use crate::lifecycle::Lifecycle;
 use crate::limits::{BucketSpec, KeySource, Limiter, SharedLimits};
 use crate::metrics::{method_label, Latency, Metrics};
 use crate::normalize::transport;
+use crate::reload::Active;
 use crate::routing::{Resolver, Router};
 use error::Failure;
 
@@ -64,17 +64,26 @@ impl VendorRuntime {
 
     /// Builds the runtime pieces for one vendor; `metrics` receives its rate-limit series;
     /// `lifecycle` tells queued requests that shutdown started; `quota` is the fleet's
-    /// quota store, when one is configured.
+    /// quota store, when one is configured. `previous`, the same listener's runtime before a
+    /// reload, hands over its limiter state and its resolver (same upstream: a reload that
+    /// changes it is refused).
     pub fn new(
         cfg: Vendor,
         metrics: &Metrics,
         lifecycle: Option<Arc<Lifecycle>>,
         quota: Option<&Quota>,
+        previous: Option<&VendorRuntime>,
     ) -> Self {
         let router = Router::new(cfg.endpoints.clone());
-        let resolver = Arc::new(Resolver::new(&cfg.upstream, cfg.dns_refresh));
+        let resolver = match previous {
+            Some(p) => p.resolver.clone(),
+            None => Arc::new(Resolver::new(&cfg.upstream, cfg.dns_refresh)),
+        };
         let header = header_name(&cfg.key.header);
-        let source = KeySource::new(header, cfg.key.scheme.clone());
+        let source = match previous {
+            Some(p) => p.limits.source.again(header, cfg.key.scheme.clone()),
+            None => KeySource::new(header, cfg.key.scheme.clone()),
+        };
         let own = |specs: &[BucketSpec]| -> Vec<BucketSpec> {
             specs.iter().filter(|s| !s.shared).cloned().collect()
         };
@@ -107,6 +116,12 @@ impl VendorRuntime {
             limiter = limiter.stop_waiting_on_shutdown(l);
         }
         let limits = Arc::new(limiter);
+        if let Some(before) = previous {
+            limits.carry_from(&before.limits);
+            if let (Some(now), Some(then)) = (&shared, &before.shared) {
+                now.fallback().carry_from(&then.fallback());
+            }
+        }
         let p = &cfg.retry;
         let retry_budget = crate::retry::Budget::new(p.budget_ratio, p.budget_min_per_second);
         let retry_queue = tokio::sync::Semaphore::new(p.queue);
@@ -162,33 +177,25 @@ fn header_name(name: &str) -> http::HeaderName {
 /// The proxy service shared by all vendor listeners.
 pub struct Switchboard {
     exchange: Exchange,
-    vendors: Vec<Arc<VendorRuntime>>,
-    by_port: HashMap<u16, usize>,
+    active: Arc<Active>,
     metrics: Metrics,
 }
 
 impl Switchboard {
-    /// A proxy over these vendors.
-    pub fn new(exchange: Exchange, vendors: Vec<Arc<VendorRuntime>>, metrics: Metrics) -> Self {
-        let by_port = vendors
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (v.cfg.listen.port(), i))
-            .collect();
+    /// A proxy over the vendors of the runtime in force (swapped by a reload).
+    pub fn new(exchange: Exchange, active: Arc<Active>, metrics: Metrics) -> Self {
         Switchboard {
             exchange,
-            vendors,
-            by_port,
+            active,
             metrics,
         }
     }
 
+    /// The vendor of the listener the request came in on, in the runtime in force now: the
+    /// request keeps it to the end, whatever a reload swaps in meanwhile.
     fn vendor_for(&self, session: &Session) -> Option<Arc<VendorRuntime>> {
         let port = session.server_addr()?.as_inet()?.port();
-        self.by_port
-            .get(&port)
-            .and_then(|&i| self.vendors.get(i))
-            .cloned()
+        self.active.get().vendor_on(port).cloned()
     }
 }
 

@@ -124,7 +124,26 @@ impl Sb {
         )
     }
 
-    fn start_full(
+    /// Starts the binary on `file`, a config the test laid out itself inside `dir` (kept
+    /// for the life of the process), with the admin listener on `admin_port`.
+    pub fn start_file(dir: tempfile::TempDir, file: &Path, admin_port: u16) -> Sb {
+        let log = std::fs::File::create(dir.path().join("stderr.log")).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg("--config")
+            .arg(file)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn switchboard");
+        let admin = format!("127.0.0.1:{admin_port}").parse().unwrap();
+        let mut sb = Sb { child, admin, dir };
+        sb.wait_ready();
+        sb
+    }
+
+    /// Starts the binary with top-level config `top`, these vendors, grace period, extra
+    /// environment and profiles folder.
+    pub fn start_full(
         top: &str,
         vendors_yaml: &str,
         grace: &str,
@@ -157,6 +176,11 @@ impl Sb {
         let mut sb = Sb { child, admin, dir };
         sb.wait_ready();
         sb
+    }
+
+    /// The config file the process was started with (rewrite it to test a reload).
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.path().join("switchboard.yaml")
     }
 
     /// What the process wrote to stderr so far.
@@ -427,6 +451,21 @@ pub fn blocking_get(addr: SocketAddr, path: &str) -> std::io::Result<Resp> {
         body: buf[n..].to_vec(),
         truncated: false,
     })
+}
+
+/// One `POST /v1/calls` with `key` as its bearer token, on a fresh connection to `addr`.
+pub async fn post_call(addr: SocketAddr, key: &str) -> Resp {
+    let auth = format!("Bearer {key}");
+    send(
+        addr,
+        &request(
+            "POST",
+            "/v1/calls",
+            &[("authorization", &auth)],
+            Some(b"{}"),
+        ),
+    )
+    .await
 }
 
 /// A vendor entry for the config, pointing at `upstream`.
