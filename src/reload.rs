@@ -14,8 +14,9 @@
 //! Approximate: polling reads the config file and every file of the profiles folder each
 //! `reload.poll`; a change is reloaded once two reads 200 ms apart agree, so a burst of
 //! writes ends on its last state. Decisions made on the old limiters while their state is
-//! copied (microseconds) are not carried. Requests already waiting in a rate-limit queue
-//! finish on the limiter they queued on. The retry budget starts afresh.
+//! copied (microseconds) are not carried. Requests waiting in a rate-limit queue keep their
+//! place and decide on the new limiter, unless the endpoints or the key config changed (then
+//! they finish on the old one). The retry budget starts afresh.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

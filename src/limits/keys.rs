@@ -36,6 +36,15 @@ impl KeySource {
         }
     }
 
+    /// Whether `other` reads the same header and scheme and hashes keys alike (it is this
+    /// source carried over a reload).
+    pub fn same_as(&self, other: &KeySource) -> bool {
+        use std::hash::BuildHasher;
+        self.header == other.header
+            && self.scheme == other.scheme
+            && self.hasher.hash_one(0u8) == other.hasher.hash_one(0u8)
+    }
+
     /// The header that carries the key.
     pub fn header(&self) -> &HeaderName {
         &self.header

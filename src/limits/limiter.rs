@@ -33,7 +33,11 @@ pub struct Limiter {
     keys: KeyTable,
     /// The state of every shared bucket.
     global: KeyState,
-    lines: Lines,
+    /// Shared with a successor after a reload (same endpoints): waiters keep their place.
+    lines: Arc<Lines>,
+    /// The limiter that replaced this one at a reload: waiters still in this one's lines
+    /// decide on its state.
+    successor: arc_swap::ArcSwapOption<Limiter>,
     pauses: Pauses,
     counters: Counters,
     /// Where the API key is.
@@ -69,7 +73,8 @@ impl Limiter {
                 vendor,
             ),
             global: KeyState::new(plans.global_slots()),
-            lines: Lines::default(),
+            lines: Arc::default(),
+            successor: arc_swap::ArcSwapOption::empty(),
             pauses: Pauses::default(),
             counters,
             plans,
@@ -225,16 +230,25 @@ impl Limiter {
                 return Verdict::Reject(self.plans.estimate(plan, ahead));
             };
             loop {
+                // Reloaded while waiting: the same line, the new limits and state.
+                let next = self.deciding();
+                let (lim, p) = match next
+                    .as_deref()
+                    .and_then(|n| Some((n, n.plans.endpoint(ep)?)))
+                {
+                    Some(found) => found,
+                    None => (self, plan),
+                };
                 let decision = {
                     let frozen = Frozen::now();
                     let now = frozen.nanos();
-                    self.with_key(plan, key, now, |k| self.decide_plan(plan, key, k, now))
+                    lim.with_key(p, key, now, |k| lim.decide_plan(p, key, k, now))
                 };
                 match decision {
                     Decision::Allow => return Verdict::Allow,
                     Decision::Deny { wait, worst, .. } => {
                         if tokio::time::Instant::now() + wait > deadline {
-                            return Verdict::Reject(self.plans.reject(plan, wait, worst));
+                            return Verdict::Reject(lim.plans.reject(p, wait, worst));
                         }
                         let until = tokio::time::Instant::now() + wait;
                         let slept = match &self.draining {
@@ -246,7 +260,7 @@ impl Limiter {
                         };
                         if !slept {
                             let left = until.saturating_duration_since(tokio::time::Instant::now());
-                            return Verdict::Reject(self.plans.reject(plan, left, worst));
+                            return Verdict::Reject(lim.plans.reject(p, left, worst));
                         }
                     }
                 }
@@ -278,6 +292,35 @@ impl Limiter {
         if let Some(hint) = pauses::length(limited, hint_s) {
             self.pause(key, ep, hint);
         }
+    }
+
+    /// Builds the successor of `old` at a reload: its state carried over
+    /// ([`Limiter::carry_from`]) and, when the endpoints and the key source are the same,
+    /// its rate-limit lines too, so requests waiting in them keep their place ahead of new
+    /// ones. Call [`Limiter::hand_over`] on `old` once this one is in an `Arc`.
+    pub fn taking_over(mut self, old: &Limiter) -> Self {
+        self.carry_from(old);
+        if self.plans.names == old.plans.names && self.source.same_as(&old.source) {
+            self.lines = old.lines.clone();
+        }
+        self
+    }
+
+    /// From now on, requests waiting in this limiter's lines decide on `next`'s state (when
+    /// `next` took these lines over; otherwise they finish here).
+    pub fn hand_over(&self, next: &Arc<Limiter>) {
+        if Arc::ptr_eq(&self.lines, &next.lines) {
+            self.successor.store(Some(next.clone()));
+        }
+    }
+
+    /// The limiter that decides for this one's waiters now: the last successor.
+    fn deciding(&self) -> Option<Arc<Limiter>> {
+        let mut last = self.successor.load_full()?;
+        while let Some(n) = last.successor.load_full() {
+            last = n;
+        }
+        Some(last)
     }
 
     /// Takes over the state of `old`, this vendor's limiter before a reload: each key's use
@@ -392,6 +435,59 @@ mod tests {
         assert_eq!(allowed(&new, 4, 1, 1).await, 0);
         advance(Duration::from_secs(30)).await;
         assert_eq!(allowed(&new, 4, 1, 1).await, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_queued_across_a_reload_keeps_its_place_and_meets_the_new_limit() {
+        let mut q = spec(1, 60, 1);
+        q.mode = super::super::Mode::Queue;
+        q.max_wait = Duration::from_secs(1000);
+        let old = Arc::new(limiter(vec![q.clone()], vec![], None));
+        assert_eq!(old.admit(1, 1).await, Verdict::Allow);
+        let (done, mut order) = tokio::sync::mpsc::unbounded_channel();
+        let queue = |l: &Arc<Limiter>, who: &'static str| {
+            let (l, done) = (l.clone(), done.clone());
+            tokio::spawn(async move {
+                let v = l.admit(1, 1).await;
+                let _ = done.send((who, v, tokio::time::Instant::now()));
+            })
+        };
+        let t0 = tokio::time::Instant::now();
+        // Waits for the next token of the old limit (60 s).
+        queue(&old, "waiter");
+        tokio::task::yield_now().await;
+        advance(Duration::from_secs(1)).await;
+        // Lowered to 1 per 2 minutes: the waiter now meets the new limit.
+        q.shape = super::super::Shape {
+            rate: 1,
+            per: Duration::from_secs(120),
+            burst: 1,
+        };
+        // The same key source (a reload keeps it when the key config is the same).
+        let names = ["ep".to_string(), "other".to_string()];
+        let next = Limiter::new(
+            &[q],
+            &[vec![], vec![]],
+            &names,
+            old.source.clone(),
+            1000,
+            None,
+        );
+        let new = Arc::new(next.taking_over(&old));
+        old.hand_over(&new);
+        // A newcomer queues behind the waiter (the line is shared), not in a line of its own.
+        queue(&new, "newcomer");
+        let (first, v1, at1) = order.recv().await.unwrap();
+        let (second, v2, at2) = order.recv().await.unwrap();
+        assert_eq!(
+            (first, v1, second, v2),
+            ("waiter", Verdict::Allow, "newcomer", Verdict::Allow)
+        );
+        // The waiter woke at its old time (60 s), found the new limit's token not there yet
+        // (the first request's use, carried at 1 s: 59/60 of a token, 118 s of the new
+        // spacing) and waited on; the newcomer went one new spacing later.
+        assert_eq!(at1 - t0, Duration::from_secs(119));
+        assert_eq!(at2 - t0, Duration::from_secs(239));
     }
 
     #[tokio::test(start_paused = true)]

@@ -50,6 +50,8 @@ pub(super) struct Plan {
 /// Every bucket of one vendor and every endpoint's plan.
 pub(super) struct Plans {
     pub(super) buckets: Vec<Rt>,
+    /// The endpoints' names, in plan order.
+    pub(super) names: Vec<String>,
     by_endpoint: Vec<Plan>,
     key_slots: usize,
     global_slots: usize,
@@ -133,6 +135,7 @@ impl Plans {
             .collect();
         Plans {
             buckets,
+            names: endpoint_names.to_vec(),
             by_endpoint,
             key_slots,
             global_slots,

@@ -115,12 +115,15 @@ impl VendorRuntime {
         if let Some(l) = lifecycle {
             limiter = limiter.stop_waiting_on_shutdown(l);
         }
-        let limits = Arc::new(limiter);
         if let Some(before) = previous {
-            limits.carry_from(&before.limits);
+            limiter = limiter.taking_over(&before.limits);
             if let (Some(now), Some(then)) = (&shared, &before.shared) {
                 now.fallback().carry_from(&then.fallback());
             }
+        }
+        let limits = Arc::new(limiter);
+        if let Some(before) = previous {
+            before.limits.hand_over(&limits);
         }
         let p = &cfg.retry;
         let retry_budget = crate::retry::Budget::new(p.budget_ratio, p.budget_min_per_second);
