@@ -337,3 +337,44 @@ async fn rapid_changes_end_on_the_last_one() {
     );
     assert_eq!(calls(port, "sk_test_rapid", 4).await, [201, 201, 201, 429]);
 }
+
+/// Shared limits across a reload: the same quota store, the same Redis buckets (their names
+/// come from where the limit sits), so what the fleet used is still used; decisions stay in
+/// Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_limits_keep_working_across_a_reload() {
+    let redis = support::redis::Redis::start();
+    let s = sim("tryvox", "default: { status: 201, json: { id: c } }\n").await;
+    let port = free_port();
+    let upstream = format!("http://{}", s.addr());
+    let sb = Sb::start_top(
+        &format!(
+            "reload: {{ watch: false }}\nquota_store: {{ redis: '{}', timeout: 50ms }}\n",
+            redis.url()
+        ),
+        &tryvox(
+            port,
+            &upstream,
+            "[ { rate: 3, per: 1m, burst: 3, shared: true } ]",
+        ),
+    );
+    until_metric(sb.admin, "switchboard_quota_store_fallback", 0.0).await;
+    assert_eq!(calls(port, "sk_test_shared_reload", 2).await, [201, 201]);
+    edit(
+        &sb.config_file(),
+        "rate: 3, per: 1m, burst: 3, shared: true",
+        "rate: 4, per: 1m, burst: 4, shared: true",
+    );
+    sb.signal("HUP");
+    until_metric(sb.admin, OK, 1.0).await;
+    // 2 of 4 used in Redis: 2 more.
+    assert_eq!(
+        calls(port, "sk_test_shared_reload", 3).await,
+        [201, 201, 429]
+    );
+    let m = get(sb.admin, "/metrics").await.text();
+    assert_eq!(metric(&m, "switchboard_quota_store_fallback"), Some(0.0));
+    let asked = metric(&m, "switchboard_quota_store_duration_seconds_count").unwrap_or(0.0);
+    assert!(asked >= 5.0, "{asked} decisions in Redis");
+    assert_eq!(s.hits(), 4);
+}
