@@ -605,3 +605,37 @@ async fn retries_take_shared_tokens() {
     assert_eq!(r.json()["error"]["source"], "proxy");
     assert_eq!(s.hits(), 3);
 }
+
+/// A shared global bucket and a shared per-key one are two calls to Redis (two Cluster
+/// slots) but one decision: a request its key bucket refuses gives the global token back,
+/// so another key can have it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_refusal_gives_the_global_token_back() {
+    let _turn = one_fleet_at_a_time().await;
+    let redis = Redis::start();
+    let s = sim("tryvox", "default: { status: 201, json: { id: c } }\n").await;
+    let upstream = format!("http://{}", s.addr());
+    let store = format!(
+        "quota_store: {{ redis: '{}', timeout: 50ms, expected_replicas: 1 }}\n",
+        redis.url()
+    );
+    let extra = "    limits:\n      - { rate: 2, per: 1m, burst: 2, scope: global, shared: true }\n      - { rate: 1, per: 1m, burst: 1, shared: true }\n";
+    let pods = fleet(1, &store, &upstream, extra);
+    until_metric(pods[0].0.admin, "switchboard_quota_store_fallback", 0.0).await;
+    let addr = local(pods[0].1);
+    assert_eq!(post_call(addr, "sk_test_key_a").await.status, 201);
+    // Refused by key A's own bucket: the global one is not spent by it.
+    let r = post_call(addr, "sk_test_key_a").await;
+    assert_eq!(
+        (r.status, r.json()["error"]["source"].as_str()),
+        (429, Some("proxy"))
+    );
+    assert_eq!(
+        post_call(addr, "sk_test_key_b").await.status,
+        201,
+        "the global token was kept"
+    );
+    // Now the global bucket is spent.
+    assert_eq!(post_call(addr, "sk_test_key_c").await.status, 429);
+    assert_eq!(s.hits(), 2);
+}

@@ -30,7 +30,9 @@
 //! so the seed is the one from before the pause. A single decision that misses the deadline
 //! is decided on the local share without the breaker opening. Key-scoped and global shared
 //! buckets are two store calls (one Cluster slot per account): a global token taken for a
-//! request whose key bucket then denies is not given back.
+//! request whose key bucket then denies is given back by a third (GCRA state is a sum, so
+//! that is exact), unless the store fails in between; for a moment another pod may see it
+//! taken.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -329,6 +331,7 @@ impl SharedLimits {
             self.local.resize(self.store.share_divisor());
         }
         let account = self.account(headers);
+        let mut granted: SmallVec<[&Term; 4]> = SmallVec::new();
         for scope in [Scope::Global, Scope::Key] {
             let group: SmallVec<[&Term; 4]> = terms.iter().filter(|t| t.scope == scope).collect();
             if group.is_empty() {
@@ -339,13 +342,32 @@ impl SharedLimits {
                 Scope::Key => account.as_str(),
             };
             match self.ask(&group, account, (key, ep, scope)).await {
-                Ok(None) => {}
-                Ok(Some(reject)) => return Verdict::Reject(reject),
+                Ok(None) => granted = group,
+                Ok(Some(reject)) => {
+                    // All or nothing across both calls: the global tokens go back.
+                    if !granted.is_empty() {
+                        self.give_back(&granted, "global").await;
+                    }
+                    return Verdict::Reject(reject);
+                }
                 // The store is slow or down: this pod's share decides, for every bucket.
                 Err(()) => return self.alone(key, ep).await,
             }
         }
         Verdict::Allow
+    }
+
+    /// Returns what an allowed group took (best effort: a failure leaves it taken, which is
+    /// stricter, never looser).
+    async fn give_back(&self, group: &[&Term], account: &str) {
+        let buckets: SmallVec<[SharedBucket<'_>; 4]> = group.iter().map(|t| t.bucket()).collect();
+        let req = SharedRequest {
+            vendor: &self.vendor,
+            account,
+            cost: 1,
+            buckets: &buckets,
+        };
+        let _ = self.store.refund(&req).await;
     }
 
     /// One group's decision: `Ok(None)` allowed, `Ok(Some)` rejected, `Err` no answer. Each

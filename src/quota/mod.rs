@@ -295,6 +295,7 @@ struct Inner {
     born: Instant,
     decide: Lua,
     pause: Lua,
+    refund: Lua,
     heartbeat: Lua,
 }
 
@@ -465,6 +466,7 @@ impl QuotaStore {
             born: Instant::now(),
             decide: Lua::new(include_str!("decide.lua")),
             pause: Lua::new(include_str!("pause.lua")),
+            refund: Lua::new(include_str!("refund.lua")),
             heartbeat: Lua::new(include_str!("heartbeat.lua")),
         });
         let (stop, stopped) = oneshot::channel::<()>();
@@ -565,6 +567,25 @@ impl QuotaStore {
                 Err(StoreError::Script)
             }
         }
+    }
+
+    /// Gives back what an `Allow` of `req` took (its buckets' TATs moved back one cost's
+    /// worth): for a request whose other group of buckets then refused it. Same deadline and
+    /// breaker as a decision; best effort (a failure leaves the fleet stricter, never looser).
+    pub async fn refund(&self, req: &SharedRequest<'_>) -> Result<(), StoreError> {
+        let keys: Vec<String> = req
+            .buckets
+            .iter()
+            .map(|b| bucket_key(req.vendor, req.account, b.name))
+            .collect();
+        let mut args = Vec::with_capacity(req.buckets.len() + 1);
+        args.push(req.cost);
+        args.extend(req.buckets.iter().map(|b| b.interval_us));
+        self.round_trip(
+            |inner, mut conn| async move { inner.refund.run(&mut conn, &keys, &args).await },
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Fleet-wide pause: every bucket of `account` in `vendor` answers `Wait` until `for_`
