@@ -247,10 +247,11 @@ async fn shutdown_answers_waiting_retries() {
     assert_eq!(s.hits(), 1);
 }
 
+/// `errors: vendor` changes what the app sees, not what Switchboard does: a GET answered
+/// 503 is retried as in envelope mode, and the last answer reaches the app as sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn passthrough_errors_are_not_retried() {
-    // The vendor's error goes to the app untouched, so Switchboard never reads it: no retry.
-    let extra = "    passthrough_errors: true\n    retry: { backoff: { base: 5ms, max: 20ms } }\n";
+async fn vendor_format_errors_are_retried_like_envelopes() {
+    let extra = "    errors: vendor\n    retry: { backoff: { base: 5ms, max: 20ms } }\n";
     let (s, _sb, addr) = pair(
         "tryvox",
         "default: { status: 503, body: \"vendor says no\" }\n",
@@ -260,7 +261,11 @@ async fn passthrough_errors_are_not_retried() {
     let r = get(addr, "/v1/numbers").await;
     assert_eq!(r.status, 503);
     assert_eq!(r.text(), "vendor says no");
-    assert_eq!(s.hits(), 1);
+    assert_eq!(
+        r.header("x-switchboard-error"),
+        Some("upstream_unavailable")
+    );
+    assert_eq!(s.hits(), 3, "max_attempts 3, as with envelopes");
 }
 
 /// A vendor that closes idle keep-alive connections (as load balancers do) must not turn the

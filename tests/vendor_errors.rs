@@ -188,23 +188,83 @@ async fn error_bodies_past_the_cap_are_cut_and_say_so() {
     assert_eq!(s.requests().len(), 2);
 }
 
+/// `errors: vendor` (for apps on the vendor's SDK): the vendor's error reaches the app byte
+/// for byte, the canonical code rides along in `X-Switchboard-Error`, and it is counted by
+/// that code. `passthrough_errors: true` is the old name of the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn passthrough_errors_leaves_vendor_errors_untouched() {
+async fn vendor_format_errors_arrive_as_sent_and_are_still_classified() {
+    for extra in ["    errors: vendor\n", "    passthrough_errors: true\n"] {
+        let (s, sb, addr) = one(
+            "tryvox",
+            "default: { status: 502, headers: { content-type: application/json, x-vendor-trace: t-1 }, body: '{ \"error\" : {\"code\":\"DELIVERY_FAILED\",  \"message\":\"Carrier rejected\"}}' }\n",
+            extra,
+        )
+        .await;
+        let r = get(addr, "/v1/calls").await;
+        assert_eq!(r.status, 502, "{extra}");
+        assert_eq!(r.header("x-switchboard-error"), Some("delivery_failed"));
+        assert_eq!(
+            r.header("x-vendor-trace"),
+            Some("t-1"),
+            "the vendor's headers"
+        );
+        assert_eq!(
+            r.text(),
+            r#"{ "error" : {"code":"DELIVERY_FAILED",  "message":"Carrier rejected"}}"#,
+            "the vendor's body, byte for byte"
+        );
+        assert_eq!(s.hits(), 1, "delivery_failed is never retried");
+        assert!(r.header("x-request-id").is_some());
+        let m = metrics_settled(sb.admin, 1).await;
+        assert_eq!(
+            metric(&m, "switchboard_errors_total{code=\"delivery_failed\",endpoint=\"other\",source=\"upstream\",vendor=\"tryvox\"}"),
+            Some(1.0),
+            "{m}"
+        );
+    }
+}
+
+/// One request may ask for the other format with `X-Switchboard-Errors` (not forwarded):
+/// an app moving to envelopes call by call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_chooses_its_error_format() {
+    let (s, _sb, addr) = one("tryvox", "default: { vendor_error: NOT_FOUND }\n", "").await;
+    let r = get(addr, "/v1/calls/x").await;
+    assert_eq!(
+        r.json()["error"]["code"],
+        "not_found",
+        "envelope by default"
+    );
+    let asked =
+        |f: &'static str| request("GET", "/v1/calls/x", &[("x-switchboard-errors", f)], None);
+    let r = send(addr, &asked("vendor")).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.json()["error"]["code"],
+        "NOT_FOUND",
+        "the vendor's own body"
+    );
+    assert_eq!(r.header("x-switchboard-error"), Some("not_found"));
+    let r = send(addr, &asked("envelope")).await;
+    assert_eq!(r.json()["error"]["code"], "not_found");
+    assert!(
+        s.requests()
+            .iter()
+            .all(|q| q.header("x-switchboard-errors").is_none()),
+        "the header reached the vendor"
+    );
     let (_s, _sb, addr) = one(
         "tryvox",
-        "default: { vendor_error: DELIVERY_FAILED }\n",
-        "    passthrough_errors: true\n",
+        "default: { vendor_error: NOT_FOUND }\n",
+        "    errors: vendor\n",
     )
     .await;
-    let r = get(addr, "/v1/calls").await;
-    assert_eq!(r.status, 502);
-    assert_eq!(r.header("x-switchboard-error"), None);
-    let v = r.json();
+    let r = send(addr, &asked("envelope")).await;
     assert_eq!(
-        v["error"]["code"], "DELIVERY_FAILED",
-        "vendor body as sent: {v}"
+        r.json()["error"]["code"],
+        "not_found",
+        "a vendor-format vendor, one envelope"
     );
-    assert!(r.header("x-request-id").is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,4 +427,34 @@ async fn a_429_out_of_credit_is_not_retried_and_pauses_nothing() {
         assert_eq!(v["error"]["upstream"]["status"], 429);
         assert_eq!(s.hits(), n, "one attempt each, and no pause");
     }
+}
+
+/// A vendor error longer than what is read to classify it (64 KiB) still reaches a
+/// vendor-format app whole, in both framings; a vendor 429 still pauses the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vendor_format_keeps_long_bodies_whole_and_429s_still_pause() {
+    for chunked in [false, true] {
+        let scenario =
+            format!("default: {{ status: 400, body_size: 200000, chunked: {chunked} }}\n");
+        let (_s, _sb, addr) = one("tryvox", &scenario, "    errors: vendor\n").await;
+        let r = get(addr, "/v1/calls").await;
+        assert_eq!(r.status, 400);
+        assert_eq!(
+            r.body,
+            switchboard::simulator::pattern_body(200_000),
+            "chunked {chunked}"
+        );
+        assert!(r.header("x-switchboard-error").is_some());
+    }
+    let scenario = "default: { vendor_error: RATE_LIMITED }\n";
+    let extra = "    errors: vendor\n    limits: [ { rate: 100, per: 1m } ]\n";
+    let (s, _sb, addr) = one("tryvox", scenario, extra).await;
+    let r = get(addr, "/v1/calls").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("x-switchboard-error"), Some("rate_limited"));
+    assert_eq!(r.header("retry-after"), Some("60"), "the vendor's own hint");
+    // Paused by the vendor's word: Switchboard answers the next one itself.
+    let r = get(addr, "/v1/calls").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(s.hits(), 1);
 }

@@ -103,6 +103,27 @@ pub struct Log {
     pub level: String,
 }
 
+/// How a vendor's errors reach the app (SPEC §3 "Error format per app").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorFormat {
+    /// The canonical envelope.
+    Envelope,
+    /// The vendor's own status, headers and body, byte for byte, with the canonical code in
+    /// `X-Switchboard-Error`: for apps on the vendor's SDK.
+    Vendor,
+}
+
+impl ErrorFormat {
+    /// The format a request asks for with `X-Switchboard-Errors`, else `self`.
+    pub fn for_request(self, headers: &http::HeaderMap) -> ErrorFormat {
+        match headers.get("x-switchboard-errors").map(|v| v.as_bytes()) {
+            Some(v) if v.eq_ignore_ascii_case(b"vendor") => ErrorFormat::Vendor,
+            Some(v) if v.eq_ignore_ascii_case(b"envelope") => ErrorFormat::Envelope,
+            _ => self,
+        }
+    }
+}
+
 /// One vendor: a local listener in front of one upstream base URL.
 #[derive(Debug, Clone)]
 pub struct Vendor {
@@ -116,8 +137,8 @@ pub struct Vendor {
     pub profile: Option<String>,
     /// The compiled profile (the generic detector alone when none is named).
     pub dialect: Arc<Profile>,
-    /// Forward vendor errors untouched instead of normalising them (for migrations).
-    pub passthrough_errors: bool,
+    /// How its errors reach the app (`errors:`; `passthrough_errors: true` is `vendor`).
+    pub errors: ErrorFormat,
     /// Upstream timeouts.
     pub timeouts: Timeouts,
     /// Named endpoints, matched in order; unmatched requests are `other`.
@@ -425,6 +446,28 @@ fn vendor(
         }
     };
     let retry = retry_policy(raw.retry.as_ref(), &format!("{path}.retry"), p);
+    let errors = match (raw.errors.as_deref(), raw.passthrough_errors) {
+        (None, None | Some(false)) | (Some("envelope"), None | Some(false)) => {
+            ErrorFormat::Envelope
+        }
+        (None | Some("vendor"), Some(true)) | (Some("vendor"), None | Some(false)) => {
+            ErrorFormat::Vendor
+        }
+        (Some("envelope"), Some(true)) => {
+            p.push(
+                format!("{path}.passthrough_errors"),
+                "passthrough_errors: true (the old name of errors: vendor) contradicts errors: envelope",
+            );
+            ErrorFormat::Envelope
+        }
+        (Some(other), _) => {
+            p.push(
+                format!("{path}.errors"),
+                format!("invalid errors {other:?} (expected envelope or vendor)"),
+            );
+            ErrorFormat::Envelope
+        }
+    };
     Some(Vendor {
         retry,
         key,
@@ -435,7 +478,7 @@ fn vendor(
         upstream: upstream?,
         profile: raw.profile,
         dialect,
-        passthrough_errors: raw.passthrough_errors,
+        errors,
         timeouts,
         endpoints,
         max_request_body,

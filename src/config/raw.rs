@@ -83,8 +83,9 @@ pub struct RawVendor {
     pub endpoints: Vec<RawEndpoint>,
     pub max_request_body: Option<Value>,
     pub dns_refresh: Option<String>,
-    #[serde(default)]
-    pub passthrough_errors: bool,
+    /// Deprecated alias: `true` is `errors: vendor`.
+    pub passthrough_errors: Option<bool>,
+    pub errors: Option<String>,
     pub key: Option<RawKey>,
     #[serde(default)]
     pub limits: Vec<RawLimit>,

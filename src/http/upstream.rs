@@ -17,7 +17,7 @@ use super::headers;
 pub fn request_header(
     app: &RequestHeader,
     host: &http::HeaderValue,
-    drop: &[&HeaderName],
+    drop: &[HeaderName],
     body: &RequestBody,
 ) -> Box<RequestHeader> {
     let mut req = Box::new(app.clone());
@@ -36,7 +36,7 @@ pub fn request_header(
 
 /// What every request header sent upstream gets, on either path (the exchange, or
 /// Pingora's own for upgrades): `Host` is the vendor's, hop-by-hop headers and `drop` go.
-pub fn prepare(req: &mut RequestHeader, host: &http::HeaderValue, drop: &[&HeaderName]) {
+pub fn prepare(req: &mut RequestHeader, host: &http::HeaderValue, drop: &[HeaderName]) {
     let _ = req.insert_header(http::header::HOST, host.clone());
     headers::strip_request_hop_by_hop(req);
     for name in drop {

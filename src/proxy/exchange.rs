@@ -45,6 +45,12 @@ use crate::retry::{self, GiveUp};
 pub const DEADLINE_HEADER: http::HeaderName =
     http::HeaderName::from_static("x-switchboard-deadline");
 
+/// The app's choice of error format for one request (`envelope` or `vendor`); not forwarded.
+pub const ERRORS_HEADER: http::HeaderName = http::HeaderName::from_static("x-switchboard-errors");
+
+/// Switchboard's own request headers: read here, never sent to the vendor.
+pub static OWN_HEADERS: [http::HeaderName; 2] = [DEADLINE_HEADER, ERRORS_HEADER];
+
 /// Drives requests to the vendor over pooled upstream connections.
 pub struct Exchange {
     upstreams: Upstreams,
@@ -56,8 +62,9 @@ pub struct Exchange {
 enum Reply {
     /// A response was written to the app (or the app went away): nothing more to do.
     Done(Written),
-    /// The vendor answered with an error, normalised and not yet written.
-    Error(Box<Normalized>, u16),
+    /// The vendor answered with an error, normalised and not yet written; with the vendor's
+    /// own response when the app gets that (`errors: vendor`).
+    Error(Box<Normalized>, u16, Option<Box<respond::AsSent>>),
 }
 
 /// What is left of the request's deadline, or the deadline failure when nothing is.
@@ -82,6 +89,8 @@ enum Hold {
 /// The answer to give if retrying stops now.
 enum Last {
     Envelope(Box<Envelope>),
+    /// The vendor's response as sent, with the envelope it was classified as.
+    AsSent(Box<Envelope>, Box<respond::AsSent>),
     Failure(Failure),
 }
 
@@ -188,7 +197,7 @@ impl Exchange {
             ctx.attempt.observed = true;
             let (outcome, last) = match result {
                 Ok(Reply::Done(written)) => return written,
-                Ok(Reply::Error(n, status)) => {
+                Ok(Reply::Error(n, status, as_sent)) => {
                     let mut outcome = n.outcome(status);
                     let e = &n.envelope.error;
                     // Only the vendor's stated facts pause a key, never a message's words;
@@ -210,7 +219,10 @@ impl Exchange {
                     }
                     let mut env = Box::new(n.envelope);
                     env.error.attempts = ctx.attempt.made;
-                    (outcome, Last::Envelope(env))
+                    match as_sent {
+                        Some(raw) => (outcome, Last::AsSent(env, raw)),
+                        None => (outcome, Last::Envelope(env)),
+                    }
                 }
                 // The app's body went over the limit on the way: nothing to retry.
                 Err(f @ Failure::TooLarge(_)) => {
@@ -263,6 +275,9 @@ impl Exchange {
             return match last {
                 Last::Envelope(env) => {
                     Box::pin(respond::envelope(session, ctx, vendor, *env, &[])).await
+                }
+                Last::AsSent(env, raw) => {
+                    Box::pin(respond::as_sent(session, ctx, vendor, &env, *raw)).await
                 }
                 Last::Failure(f) => Box::pin(respond::failure(session, ctx, vendor, f)).await,
             };
@@ -367,12 +382,7 @@ impl Exchange {
         // Counted before the lookup: a vendor whose name does not resolve still ends at
         // `max_attempts`, not only at the deadline.
         ctx.attempt.made += 1;
-        let req = upstream::request_header(
-            session.req_header(),
-            &vendor.host,
-            &[&DEADLINE_HEADER],
-            body,
-        );
+        let req = upstream::request_header(session.req_header(), &vendor.host, &OWN_HEADERS, body);
         // Each step up to the response header is timed by what is left of the deadline when
         // it starts, so the last one ends by it: the lookup, the connect, the writes (header
         // and buffered body; a streamed body's many writes each get that much), and the
@@ -428,17 +438,16 @@ impl Exchange {
         );
 
         let profile = &cfg.dialect;
-        // Normalised 429s pause in the loop, by the vendor's stated facts (a 429 is not
-        // always a rate limit); passed-through ones by their status alone.
-        let raw_429 = status == 429 && cfg.passthrough_errors;
-        if raw_429 || hints::exhausted(&resp.headers, profile) {
+        // 429s pause in the loop, by the vendor's stated facts (a 429 is not always a rate
+        // limit); here only a quota the vendor says is exhausted.
+        if hints::exhausted(&resp.headers, profile) {
             let hint = hints::hint(&resp.headers, profile, SystemTime::now());
             let (key, ep) = (ctx.route.limit_key, ctx.route.endpoint);
-            vendor.limits.vendor_said(key, ep, raw_429, hint);
+            vendor.limits.vendor_said(key, ep, false, hint);
         }
         let success_candidate = (200..300).contains(&status)
             && profile.success_candidate(status, session.req_header().uri.path());
-        if cfg.passthrough_errors || !(status >= 400 || success_candidate) {
+        if !(status >= 400 || success_candidate) {
             let written = respond::stream(session, ctx, &mut up, resp).await;
             if written.is_ok() {
                 Upstreams::release(up, &peer, cfg.timeouts.idle);
@@ -481,10 +490,18 @@ impl Exchange {
         };
         let reply = match normalized {
             Some(n) => {
-                if prefix.complete {
+                let vendor_format = cfg.errors.for_request(&session.req_header().headers)
+                    == crate::config::ErrorFormat::Vendor;
+                let rest = if prefix.complete {
                     Upstreams::release(up, peer, cfg.timeouts.idle);
-                }
-                return Ok(Reply::Error(Box::new(n), status));
+                    None
+                } else {
+                    // Only the app that gets the vendor's bytes needs the rest of them.
+                    vendor_format.then_some(up)
+                };
+                let as_sent =
+                    vendor_format.then(|| Box::new(respond::AsSent { resp, prefix, rest }));
+                return Ok(Reply::Error(Box::new(n), status, as_sent));
             }
             // A success after all: every byte read, then whatever is left, untouched.
             None => Reply::Done(respond::inspected(session, ctx, &mut up, resp, prefix).await),

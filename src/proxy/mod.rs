@@ -303,7 +303,7 @@ impl ProxyHttp for Switchboard {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(v) = &ctx.route.vendor {
-            upstream::prepare(upstream_request, &v.host, &[&exchange::DEADLINE_HEADER]);
+            upstream::prepare(upstream_request, &v.host, &exchange::OWN_HEADERS);
         }
         ctx.attempt.sent = true;
         ctx.attempt.started = Some(Instant::now());

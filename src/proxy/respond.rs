@@ -162,6 +162,56 @@ pub async fn inspected(
     copy_body(session, ctx, up).await
 }
 
+/// A vendor error kept as the vendor sent it, for an app that gets the vendor's format.
+pub struct AsSent {
+    /// The vendor's response header.
+    pub resp: ResponseHeader,
+    /// Every byte of its body read for the classification.
+    pub prefix: Prefix,
+    /// The connection, when the body goes on past the prefix.
+    pub rest: Option<UpstreamSession>,
+}
+
+/// Sends a vendor error as the vendor sent it (status, headers, every byte of the body),
+/// with its canonical code in `X-Switchboard-Error` and, when a wait is known and the vendor
+/// gave none, `Retry-After`. Counted by `env`'s code like an envelope (SPEC §3).
+pub async fn as_sent(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    _vendor: &VendorRuntime,
+    env: &Envelope,
+    raw: AsSent,
+) -> Written {
+    let AsSent {
+        mut resp,
+        prefix,
+        mut rest,
+    } = raw;
+    ctx.answered(resp.status.as_u16(), Some(env));
+    resp.insert_header("x-switchboard-error", env.error.code.as_str())?;
+    if let Some(s) = env.error.retry_after_s {
+        if !resp.headers.contains_key(http::header::RETRY_AFTER) {
+            resp.insert_header(http::header::RETRY_AFTER, s.to_string())?;
+        }
+    }
+    session
+        .write_response_header(downstream_header(resp, ctx), false)
+        .await?;
+    if !prefix.bytes.is_empty() {
+        session
+            .write_response_body(Some(prefix.bytes), false)
+            .await?;
+    }
+    if let Some(e) = prefix.error {
+        tracing::warn!(request_id = %ctx.request.id, error = %e, "vendor failed mid-response; cutting the stream");
+        return Err(e);
+    }
+    match rest.as_mut() {
+        Some(up) if !prefix.complete => copy_body(session, ctx, up).await,
+        _ => session.finish_body().await,
+    }
+}
+
 /// Copies the rest of the vendor's body to the app, chunk by chunk.
 async fn copy_body(session: &mut Session, ctx: &Ctx, up: &mut UpstreamSession) -> Written {
     loop {
