@@ -458,3 +458,74 @@ async fn vendor_format_keeps_long_bodies_whole_and_429s_still_pause() {
     assert_eq!(r.status, 429);
     assert_eq!(s.hits(), 1);
 }
+
+/// In `errors: vendor` mode Switchboard's *own* errors speak the vendor's dialect too (the
+/// profile's `render` templates), so the vendor's SDK raises its native exception: the
+/// local 429 as TryVox's RATE_LIMITED with `Retry-After`, an unreachable vendor as a TryVox
+/// error with Switchboard's code. Envelope-mode requests still get envelopes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_errors_are_rendered_in_the_vendor_dialect() {
+    let (_s, _sb, addr) = one(
+        "tryvox",
+        "default: { status: 201, json: { id: c } }\n",
+        "    errors: vendor\n    limits: [ { rate: 1, per: 1m, burst: 1 } ]\n",
+    )
+    .await;
+    assert_eq!(get(addr, "/v1/calls").await.status, 201);
+    let r = get(addr, "/v1/calls").await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "RATE_LIMITED", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("rate limit"),
+        "{v}"
+    );
+    assert_eq!(
+        v.as_object().unwrap().len(),
+        1,
+        "TryVox's shape, not the envelope: {v}"
+    );
+    assert_eq!(r.header("x-switchboard-error"), Some("rate_limited"));
+    assert!(r
+        .header("retry-after")
+        .is_some_and(|s| s.parse::<u64>().is_ok()));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    // The same request asking for the envelope gets the envelope.
+    let r = send(
+        addr,
+        &request(
+            "GET",
+            "/v1/calls",
+            &[("x-switchboard-errors", "envelope")],
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(r.json()["error"]["code"], "rate_limited");
+    assert_eq!(r.json()["error"]["source"], "proxy");
+
+    // Nothing listens there.
+    let port = free_port();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let _sb = Sb::start(&vendor_yaml(
+        "tryvox",
+        port,
+        &dead,
+        "    profile: tryvox\n    errors: vendor\n    retry: { max_attempts: 1 }\n",
+    ));
+    let r = get(local(port), "/v1/calls").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(
+        r.json()["error"]["code"],
+        "upstream_unavailable",
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        r.header("x-switchboard-error"),
+        Some("upstream_unavailable")
+    );
+}

@@ -14,6 +14,7 @@ pub mod classify;
 pub mod detect;
 pub mod hints;
 pub mod profile;
+pub mod render;
 pub mod transport;
 
 pub use profile::Profile;

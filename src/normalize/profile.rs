@@ -187,6 +187,8 @@ pub struct Profile {
     pub codes: HashMap<String, Mapping>,
     /// 2xx error rules.
     pub success_errors: Vec<SuccessError>,
+    /// Switchboard's own errors in this vendor's dialect (`errors: vendor`).
+    pub render: super::render::Render,
 }
 
 impl Profile {
@@ -241,8 +243,21 @@ impl Profile {
                 .find(|r| r.matcher.matches(status, code, message_lower, path))
                 .map(|r| r.mapping)
         };
+        // A vendor code that is a canonical code's name means that code: Switchboard's own
+        // errors rendered in the vendor's dialect carry one (and some vendors use the names).
+        let canonical = || {
+            code.and_then(|c| Code::parse(&c.to_ascii_lowercase()))
+                .filter(|c| *c != Code::UnknownError)
+                .map(|code| Mapping {
+                    code,
+                    retryable: None,
+                    unprocessed: None,
+                    retry_after: None,
+                })
+        };
         rule(true)
             .or_else(|| code.and_then(|c| self.codes.get(c).copied()))
+            .or_else(canonical)
             .or_else(|| rule(false))
     }
 
@@ -267,6 +282,8 @@ struct RawProfile {
     rules: Vec<RawRule>,
     #[serde(default)]
     success_errors: Vec<RawSuccess>,
+    #[serde(default)]
+    render: std::collections::BTreeMap<String, super::render::RawTemplate>,
     // Documented responses; read by the simulator and golden tests, not compiled here.
     #[serde(default)]
     #[allow(dead_code)]
@@ -550,5 +567,6 @@ fn compile(raw: RawProfile, p: &mut Problems) -> Profile {
         rules,
         codes,
         success_errors,
+        render: super::render::compile(raw.render, p),
     }
 }

@@ -13,9 +13,11 @@ use pingora::Result;
 
 use super::error::Failure;
 use super::{Ctx, VendorRuntime};
-use crate::envelope::{Code, Envelope};
+use crate::config::ErrorFormat;
+use crate::envelope::{Code, Envelope, Source};
 use crate::http::headers;
 use crate::http::upstream::Prefix;
+use crate::normalize::render::{Template, Values};
 use crate::normalize::transport::AttemptState;
 use crate::redact::Secrets;
 
@@ -33,11 +35,52 @@ pub async fn envelope(
     extra: &[(&'static str, String)],
 ) -> Written {
     Secrets::of(&session.req_header().headers, &vendor.limits.source).envelope(&mut env);
+    // An app on the vendor's SDK gets Switchboard's own errors in the vendor's dialect.
+    if env.error.source == Source::Proxy
+        && vendor.cfg.errors.for_request(&session.req_header().headers) == ErrorFormat::Vendor
+    {
+        if let Some(t) = vendor.cfg.dialect.render.for_code(env.error.code) {
+            return rendered(session, ctx, &env, t, extra).await;
+        }
+    }
     let status = env.status();
     ctx.answered(status, Some(&env));
     let body = Bytes::from(env.to_json());
     let mut h = ResponseHeader::build(status, Some(8))?;
     h.insert_header("content-type", "application/json")?;
+    h.insert_header("content-length", body.len().to_string())?;
+    h.insert_header("cache-control", "no-store")?;
+    for (k, v) in env.headers() {
+        h.insert_header(k, v)?;
+    }
+    for (k, v) in extra {
+        h.insert_header(*k, v)?;
+    }
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// Writes `env` through the vendor's `render` template `t`.
+async fn rendered(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    env: &Envelope,
+    t: &Template,
+    extra: &[(&'static str, String)],
+) -> Written {
+    let status = t.status.unwrap_or_else(|| env.status());
+    ctx.answered(status, Some(env));
+    let body = Bytes::from(t.body(&Values {
+        code: env.error.code,
+        message: &env.error.message,
+        retry_after_s: env.error.retry_after_s,
+        request_id: &env.request_id,
+    }));
+    let mut h = ResponseHeader::build(status, Some(8))?;
+    h.insert_header("content-type", t.default_content_type())?;
+    for (k, v) in &t.headers {
+        h.insert_header(k.clone(), v.clone())?;
+    }
     h.insert_header("content-length", body.len().to_string())?;
     h.insert_header("cache-control", "no-store")?;
     for (k, v) in env.headers() {
