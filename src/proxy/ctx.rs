@@ -35,6 +35,8 @@ pub struct Request {
     pub deadline: Instant,
     /// How long the request was given in all (for messages).
     pub budget: Duration,
+    /// It carried `X-Switchboard-Deadline` (to drop upstream without looking again).
+    pub had_deadline: bool,
 }
 
 /// The current (or last) attempt at the vendor.
@@ -92,6 +94,7 @@ impl Ctx {
                 body_bytes: 0,
                 deadline: Instant::now(),
                 budget: Duration::ZERO,
+                had_deadline: false,
             },
             attempt: Attempt::default(),
             answer: Answer::default(),

@@ -172,8 +172,9 @@ impl Exchange {
         let idempotency_key = h.contains_key(&policy.idempotency_header);
         let idempotent_method = session.req_header().method.is_idempotent();
         // The caller may shorten (never lengthen) the deadline.
-        let budget = h
-            .get(&DEADLINE_HEADER)
+        let asked = h.get(&DEADLINE_HEADER);
+        ctx.request.had_deadline = asked.is_some();
+        let budget = asked
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map_or(policy.deadline, |ms| {
@@ -382,7 +383,12 @@ impl Exchange {
         // Counted before the lookup: a vendor whose name does not resolve still ends at
         // `max_attempts`, not only at the deadline.
         ctx.attempt.made += 1;
-        let req = upstream::request_header(session.req_header(), &vendor.host, &OWN_HEADERS, body);
+        // The deadline header was looked up already: dropped only when it was there.
+        let own = match ctx.request.had_deadline {
+            true => &OWN_HEADERS[..],
+            false => &OWN_HEADERS[1..],
+        };
+        let req = upstream::request_header(session.req_header(), &vendor.host, own, body);
         // Each step up to the response header is timed by what is left of the deadline when
         // it starts, so the last one ends by it: the lookup, the connect, the writes (header
         // and buffered body; a streamed body's many writes each get that much), and the
