@@ -52,7 +52,10 @@ async fn the_twilio_sdk_sees_twilio_codes_and_switchboard_counts_canonical_ones(
     );
     // (The SDK puts "Unable to create record: " before Twilio's message.)
     let msg = e["msg"].as_str().unwrap_or("");
-    assert!(msg.ends_with("Attempt to send to unsubscribed recipient"), "{e}");
+    assert!(
+        msg.ends_with("Attempt to send to unsubscribed recipient"),
+        "{e}"
+    );
     // Switchboard's own 429: the SDK's native exception with Twilio's own 20429.
     let e = twilio_sdk(port);
     assert_eq!(
