@@ -5,7 +5,8 @@
 //!
 //! Owns: the templates per canonical code and the default, their validation at load (known
 //! codes and placeholders, a status in range, valid headers, a JSON or XML body that stays
-//! well-formed whatever is put in it), and filling one in with escaped values.
+//! well-formed whatever is put in it), and filling one in with escaped values. What a body
+//! is comes from the template's `content-type` header, else from its first character.
 //!
 //! Must not: put an unescaped value into a body, or be used for the vendor's own errors
 //! (those reach a `vendor`-mode app as sent).
@@ -177,7 +178,21 @@ fn template(t: RawTemplate, path: &str, p: &mut Problems) -> Option<Template> {
         }
     }
     let trimmed = t.body.trim_start();
-    let escape = if trimmed.starts_with('{') || trimmed.starts_with('[') {
+    // The template's own content type says what the body is; else its first character.
+    let declared = t
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.to_ascii_lowercase());
+    let escape = if let Some(ct) = declared {
+        if ct.contains("json") {
+            Escape::Json
+        } else if ct.contains("xml") {
+            Escape::Xml
+        } else {
+            Escape::Text
+        }
+    } else if trimmed.starts_with('{') || trimmed.starts_with('[') {
         Escape::Json
     } else if trimmed.starts_with('<') {
         Escape::Xml
