@@ -185,8 +185,19 @@ pub async fn inspected(
     resp: ResponseHeader,
     prefix: Prefix,
 ) -> Written {
-    let status = resp.status.as_u16();
-    ctx.answered(status, None);
+    ctx.answered(resp.status.as_u16(), None);
+    header_prefix_rest(session, ctx, resp, prefix, Some(up)).await
+}
+
+/// Writes `resp`, then every byte of `prefix`, then (when the body went on) the rest from
+/// `rest`, cutting the stream where the vendor broke off.
+async fn header_prefix_rest(
+    session: &mut Session,
+    ctx: &Ctx,
+    resp: ResponseHeader,
+    prefix: Prefix,
+    rest: Option<&mut UpstreamSession>,
+) -> Written {
     session
         .write_response_header(downstream_header(resp, ctx), false)
         .await?;
@@ -199,10 +210,10 @@ pub async fn inspected(
         tracing::warn!(request_id = %ctx.request.id, error = %e, "vendor failed mid-response; cutting the stream");
         return Err(e);
     }
-    if prefix.complete {
-        return session.finish_body().await;
+    match rest {
+        Some(up) if !prefix.complete => copy_body(session, ctx, up).await,
+        _ => session.finish_body().await,
     }
-    copy_body(session, ctx, up).await
 }
 
 /// A vendor error kept as the vendor sent it, for an app that gets the vendor's format.
@@ -237,22 +248,7 @@ pub async fn as_sent(
             resp.insert_header(http::header::RETRY_AFTER, s.to_string())?;
         }
     }
-    session
-        .write_response_header(downstream_header(resp, ctx), false)
-        .await?;
-    if !prefix.bytes.is_empty() {
-        session
-            .write_response_body(Some(prefix.bytes), false)
-            .await?;
-    }
-    if let Some(e) = prefix.error {
-        tracing::warn!(request_id = %ctx.request.id, error = %e, "vendor failed mid-response; cutting the stream");
-        return Err(e);
-    }
-    match rest.as_mut() {
-        Some(up) if !prefix.complete => copy_body(session, ctx, up).await,
-        _ => session.finish_body().await,
-    }
+    header_prefix_rest(session, ctx, resp, prefix, rest.as_mut()).await
 }
 
 /// Copies the rest of the vendor's body to the app, chunk by chunk.
