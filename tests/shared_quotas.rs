@@ -75,6 +75,28 @@ fn fleet(n: usize, store: &str, upstream: &str, extra: &str) -> Vec<(Sb, u16)> {
         .collect()
 }
 
+/// A fresh Redis, the simulator running `scenario`, and `n` pods with `extra` under the
+/// vendor (timeout 50 ms, `expected` replicas), each deciding in Redis before this returns.
+async fn shared_fleet(
+    n: usize,
+    expected: u32,
+    scenario: &str,
+    extra: &str,
+) -> (Redis, switchboard::simulator::Simulator, Vec<(Sb, u16)>) {
+    let redis = Redis::start();
+    let s = sim("tryvox", scenario).await;
+    let upstream = format!("http://{}", s.addr());
+    let store = format!(
+        "quota_store: {{ redis: '{}', timeout: 50ms, expected_replicas: {expected} }}\n",
+        redis.url()
+    );
+    let pods = fleet(n, &store, &upstream, extra);
+    for (sb, _) in &pods {
+        until_metric(sb.admin, "switchboard_quota_store_fallback", 0.0).await;
+    }
+    (redis, s, pods)
+}
+
 /// The vendor: 30 per 3 s per key, a sliding window, counting its own 429s.
 const VENDOR_30_PER_3S: &str = "limits:\n  - { match: { path_prefix: /v1/calls }, rate: 30, per: 3s, key_header: authorization }\ndefault: { status: 201, json: { id: c } }\n";
 
@@ -245,20 +267,10 @@ async fn with_redis_down_each_pod_keeps_to_its_share() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vendor_429_told_to_one_pod_pauses_the_key_on_every_pod() {
     let _turn = one_fleet_at_a_time().await;
-    let redis = Redis::start();
     let scenario = "rules:\n  - match: { path_prefix: /v1/calls }\n    steps: [ { status: 429, headers: { retry-after: \"20\" }, json: { error: { code: RATE_LIMITED, message: slow down } } }, { status: 201, json: { id: c } } ]\n";
-    let s = sim("tryvox", scenario).await;
-    let upstream = format!("http://{}", s.addr());
-    let store = format!(
-        "quota_store: {{ redis: '{}', timeout: 50ms, expected_replicas: 2 }}\n",
-        redis.url()
-    );
     let extra =
         "    retry: { max_attempts: 1 }\n    limits: [ { rate: 100, per: 1m, shared: true } ]\n";
-    let pods = fleet(2, &store, &upstream, extra);
-    for (sb, _) in &pods {
-        until_metric(sb.admin, "switchboard_quota_store_fallback", 0.0).await;
-    }
+    let (_redis, s, pods) = shared_fleet(2, 2, scenario, extra).await;
     let auth = [("authorization", "Bearer sk_test_paused")];
     let r = send(
         local(pods[0].1),
@@ -579,20 +591,9 @@ async fn the_local_share_follows_the_live_replicas() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_take_shared_tokens() {
     let _turn = one_fleet_at_a_time().await;
-    let redis = Redis::start();
     let scenario = "rules:\n  - match: { path_prefix: /v1/calls }\n    steps: [ { status: 503, json: { error: { code: UNAVAILABLE, message: busy } } }, { status: 201, json: { id: c } } ]\n";
-    let s = sim("tryvox", scenario).await;
-    let upstream = format!("http://{}", s.addr());
-    let store = format!(
-        "quota_store: {{ redis: '{}', timeout: 50ms, expected_replicas: 2 }}\n",
-        redis.url()
-    );
-    let extra =
-        "    retry: { max_attempts: 3 }\n    limits: [ { rate: 3, per: 1m, burst: 3, shared: true } ]\n";
-    let pods = fleet(2, &store, &upstream, extra);
-    for (sb, _) in &pods {
-        until_metric(sb.admin, "switchboard_quota_store_fallback", 0.0).await;
-    }
+    let extra = "    retry: { max_attempts: 3 }\n    limits: [ { rate: 3, per: 1m, burst: 3, shared: true } ]\n";
+    let (_redis, s, pods) = shared_fleet(2, 2, scenario, extra).await;
     let auth = [("authorization", "Bearer sk_test_retried")];
     let call = || request("POST", "/v1/calls", &auth, Some(b"{}"));
     let r = send(local(pods[0].1), &call()).await;
