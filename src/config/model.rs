@@ -103,6 +103,9 @@ pub struct Log {
     pub level: String,
 }
 
+/// The request header with which an app picks the error format for one request.
+pub const ERRORS_HEADER: http::HeaderName = http::HeaderName::from_static("x-switchboard-errors");
+
 /// How a vendor's errors reach the app (SPEC §3 "Error format per app").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorFormat {
@@ -116,7 +119,7 @@ pub enum ErrorFormat {
 impl ErrorFormat {
     /// The format a request asks for with `X-Switchboard-Errors`, else `self`.
     pub fn for_request(self, headers: &http::HeaderMap) -> ErrorFormat {
-        match headers.get("x-switchboard-errors").map(|v| v.as_bytes()) {
+        match headers.get(&ERRORS_HEADER).map(|v| v.as_bytes()) {
             Some(v) if v.eq_ignore_ascii_case(b"vendor") => ErrorFormat::Vendor,
             Some(v) if v.eq_ignore_ascii_case(b"envelope") => ErrorFormat::Envelope,
             _ => self,

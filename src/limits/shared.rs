@@ -357,17 +357,25 @@ impl SharedLimits {
         Verdict::Allow
     }
 
-    /// Returns what an allowed group took (best effort: a failure leaves it taken, which is
-    /// stricter, never looser).
-    async fn give_back(&self, group: &[&Term], account: &str) {
-        let buckets: SmallVec<[SharedBucket<'_>; 4]> = group.iter().map(|t| t.bucket()).collect();
-        let req = SharedRequest {
+    /// One request's call to the store: `buckets` of `account`, one token each.
+    fn request<'a>(
+        &'a self,
+        account: &'a str,
+        buckets: &'a [SharedBucket<'a>],
+    ) -> SharedRequest<'a> {
+        SharedRequest {
             vendor: &self.vendor,
             account,
             cost: 1,
-            buckets: &buckets,
-        };
-        let _ = self.store.refund(&req).await;
+            buckets,
+        }
+    }
+
+    /// Returns what an allowed group took (best effort: a failure leaves it taken, which is
+    /// stricter, never looser).
+    async fn give_back(&self, group: &[&Term], account: &str) {
+        let buckets = buckets_of(group);
+        let _ = self.store.refund(&self.request(account, &buckets)).await;
     }
 
     /// One group's decision: `Ok(None)` allowed, `Ok(Some)` rejected, `Err` no answer. Each
@@ -378,13 +386,8 @@ impl SharedLimits {
         account: &str,
         (key, ep, scope): (u64, usize, Scope),
     ) -> Result<Option<Reject>, ()> {
-        let buckets: SmallVec<[SharedBucket<'_>; 4]> = group.iter().map(|t| t.bucket()).collect();
-        let req = SharedRequest {
-            vendor: &self.vendor,
-            account,
-            cost: 1,
-            buckets: &buckets,
-        };
+        let buckets = buckets_of(group);
+        let req = self.request(account, &buckets);
         // Queue mode: the strictest queueing bucket's max_wait bounds the wait in all.
         let queue = group
             .iter()
@@ -420,6 +423,11 @@ impl SharedLimits {
         // Best effort: when the store cannot take it, this pod's own pause still holds.
         let _ = self.store.pause(&self.vendor, &account, for_).await;
     }
+}
+
+/// A group's buckets as the store takes them.
+fn buckets_of<'a>(group: &[&'a Term]) -> SmallVec<[SharedBucket<'a>; 4]> {
+    group.iter().map(|t| t.bucket()).collect()
 }
 
 /// The 429's terms for a shared denial: the tightest bucket of the group.

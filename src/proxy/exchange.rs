@@ -46,7 +46,7 @@ pub const DEADLINE_HEADER: http::HeaderName =
     http::HeaderName::from_static("x-switchboard-deadline");
 
 /// The app's choice of error format for one request (`envelope` or `vendor`); not forwarded.
-pub const ERRORS_HEADER: http::HeaderName = http::HeaderName::from_static("x-switchboard-errors");
+pub const ERRORS_HEADER: http::HeaderName = crate::config::ERRORS_HEADER;
 
 /// Switchboard's own request headers: read here, never sent to the vendor.
 pub static OWN_HEADERS: [http::HeaderName; 2] = [DEADLINE_HEADER, ERRORS_HEADER];
@@ -278,7 +278,7 @@ impl Exchange {
                     Box::pin(respond::envelope(session, ctx, vendor, *env, &[])).await
                 }
                 Last::AsSent(env, raw) => {
-                    Box::pin(respond::as_sent(session, ctx, vendor, &env, *raw)).await
+                    Box::pin(respond::as_sent(session, ctx, &env, *raw)).await
                 }
                 Last::Failure(f) => Box::pin(respond::failure(session, ctx, vendor, f)).await,
             };

@@ -46,18 +46,8 @@ pub async fn envelope(
     let status = env.status();
     ctx.answered(status, Some(&env));
     let body = Bytes::from(env.to_json());
-    let mut h = ResponseHeader::build(status, Some(8))?;
-    h.insert_header("content-type", "application/json")?;
-    h.insert_header("content-length", body.len().to_string())?;
-    h.insert_header("cache-control", "no-store")?;
-    for (k, v) in env.headers() {
-        h.insert_header(k, v)?;
-    }
-    for (k, v) in extra {
-        h.insert_header(*k, v)?;
-    }
-    session.write_response_header(Box::new(h), false).await?;
-    session.write_response_body(Some(body), true).await
+    let head = (status, "application/json", &[][..]);
+    write_error(session, head, body, &env, extra).await
 }
 
 /// Writes `env` through the vendor's `render` template `t`.
@@ -76,9 +66,23 @@ async fn rendered(
         retry_after_s: env.error.retry_after_s,
         request_id: &env.request_id,
     }));
+    let head = (status, t.default_content_type(), &t.headers[..]);
+    write_error(session, head, body, env, extra).await
+}
+
+/// Writes one whole error answer: `(status, content type, the body's own headers)`, the body,
+/// and the envelope's headers (`X-Switchboard-Error`, `X-Request-Id`, `Retry-After`) with
+/// `extra` last.
+async fn write_error(
+    session: &mut Session,
+    (status, content_type, own): (u16, &str, &[(http::HeaderName, http::HeaderValue)]),
+    body: Bytes,
+    env: &Envelope,
+    extra: &[(&'static str, String)],
+) -> Written {
     let mut h = ResponseHeader::build(status, Some(8))?;
-    h.insert_header("content-type", t.default_content_type())?;
-    for (k, v) in &t.headers {
+    h.insert_header("content-type", content_type)?;
+    for (k, v) in own {
         h.insert_header(k.clone(), v.clone())?;
     }
     h.insert_header("content-length", body.len().to_string())?;
@@ -229,13 +233,7 @@ pub struct AsSent {
 /// Sends a vendor error as the vendor sent it (status, headers, every byte of the body),
 /// with its canonical code in `X-Switchboard-Error` and, when a wait is known and the vendor
 /// gave none, `Retry-After`. Counted by `env`'s code like an envelope (SPEC §3).
-pub async fn as_sent(
-    session: &mut Session,
-    ctx: &mut Ctx,
-    _vendor: &VendorRuntime,
-    env: &Envelope,
-    raw: AsSent,
-) -> Written {
+pub async fn as_sent(session: &mut Session, ctx: &mut Ctx, env: &Envelope, raw: AsSent) -> Written {
     let AsSent {
         mut resp,
         prefix,
