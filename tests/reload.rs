@@ -378,3 +378,46 @@ async fn shared_limits_keep_working_across_a_reload() {
     assert!(asked >= 5.0, "{asked} decisions in Redis");
     assert_eq!(s.hits(), 4);
 }
+
+/// Reading the API key from another header makes every key a new one (their bucket state
+/// is under the old reading), as README "Changing the config" says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_key_header_starts_every_key_afresh() {
+    let s = sim("tryvox", "default: { status: 201, json: { id: c } }\n").await;
+    let port = free_port();
+    let upstream = format!("http://{}", s.addr());
+    let sb = Sb::start_top(
+        "reload: { watch: false }\n",
+        &tryvox(port, &upstream, "[ { rate: 2, per: 1m, burst: 2 } ]"),
+    );
+    assert_eq!(calls(port, "sk_test_moved", 3).await, [201, 201, 429]);
+    edit(
+        &sb.config_file(),
+        "    profile: tryvox\n",
+        "    profile: tryvox\n    key: { header: x-api-key }\n",
+    );
+    sb.signal("HUP");
+    until_metric(sb.admin, OK, 1.0).await;
+    let moved = |_| async {
+        send(
+            local(port),
+            &request(
+                "POST",
+                "/v1/calls",
+                &[("x-api-key", "sk_test_moved")],
+                Some(b"{}"),
+            ),
+        )
+        .await
+        .status
+    };
+    let mut got = Vec::new();
+    for i in 0..3 {
+        got.push(moved(i).await);
+    }
+    assert_eq!(
+        got,
+        [201, 201, 429],
+        "the same key, read from its new header, starts full"
+    );
+}
