@@ -95,17 +95,10 @@ pub fn normalize(
         path: &path,
     };
     let now = SystemTime::now();
-    let normalized = if (200..300).contains(&status) {
-        match normalize::success_error(&profile, vendor, "sb-normalize", &resp, now) {
-            Some(n) => n,
-            None => {
-                return Ok(format!(
-                "HTTP {status}: not an error for profile {vendor:?}; passed through untouched\n"
-            ))
-            }
-        }
-    } else {
-        normalize::normalize(&profile, vendor, "sb-normalize", &resp, now)
+    let Some(normalized) = normalize::answer(&profile, vendor, "sb-normalize", &resp, now) else {
+        return Ok(format!(
+            "HTTP {status}: not an error for profile {vendor:?}; passed through untouched\n"
+        ));
     };
     let env = &normalized.envelope;
     let status_line = http::StatusCode::from_u16(env.status())

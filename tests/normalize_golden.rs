@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use switchboard::normalize::capture::{self, Capture};
-use switchboard::normalize::{self, Profile, VendorResponse};
+use switchboard::normalize::{self, Profile};
 
 /// Golden runs pretend it is 2024-01-24T23:59:00Z, so epoch reset headers are stable.
 fn now() -> SystemTime {
@@ -36,20 +36,8 @@ fn profile_for(dir: &str) -> Profile {
 
 /// What the app would receive, as JSON.
 fn answer(profile: &Profile, vendor: &str, f: &Capture) -> Value {
-    let resp = VendorResponse {
-        status: f.status,
-        headers: &f.headers,
-        body: &f.body,
-        truncated: false,
-        path: &f.path,
-    };
-    let n = if (200..300).contains(&f.status) {
-        match normalize::success_error(profile, vendor, "sb-golden", &resp, now()) {
-            Some(n) => n,
-            None => return json!({ "passthrough": true }),
-        }
-    } else {
-        normalize::normalize(profile, vendor, "sb-golden", &resp, now())
+    let Some(n) = normalize::answer(profile, vendor, "sb-golden", &f.response(), now()) else {
+        return json!({ "passthrough": true });
     };
     let env = &n.envelope;
     let headers: serde_json::Map<String, Value> = env
@@ -111,7 +99,7 @@ fn golden_files() {
 /// Every documented example of every seed vendor has a fixture (so the profile is built from
 /// all of them).
 #[test]
-fn every_seed_example_has_a_fixture() {
+fn every_profile_example_has_a_fixture() {
     let root = support::root();
     let profiles = support::files_with_ext(&root.join("config/profiles"), "yaml");
     assert!(profiles.len() >= 5);

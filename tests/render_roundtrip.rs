@@ -62,9 +62,15 @@ fn own_errors_rendered_in_a_vendor_dialect_read_back_as_themselves() {
                 n.envelope.error.code, code,
                 "{name}: {code:?} rendered as {status} {body}"
             );
-            assert_eq!(
-                n.envelope.error.message, "Switchboard's own \"words\"",
-                "{name}: {body}"
+            // Read back whole, unescaped; a problem document's fixed title may lead it
+            // (`Too Many Requests: …`), as the detector keeps a title with its detail.
+            assert!(
+                n.envelope
+                    .error
+                    .message
+                    .ends_with("Switchboard's own \"words\""),
+                "{name}: {body} read back as {:?}",
+                n.envelope.error.message
             );
             checked += 1;
         }

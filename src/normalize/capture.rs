@@ -32,6 +32,19 @@ pub struct Capture {
     pub path: String,
 }
 
+impl Capture {
+    /// The capture as a whole vendor response (nothing cut).
+    pub fn response(&self) -> super::VendorResponse<'_> {
+        super::VendorResponse {
+            status: self.status,
+            headers: &self.headers,
+            body: &self.body,
+            truncated: false,
+            path: &self.path,
+        }
+    }
+}
+
 /// Parses a capture; the error names the line that is wrong.
 pub fn parse(raw: &[u8]) -> Result<Capture, String> {
     let mut rest = raw;

@@ -22,7 +22,11 @@ const FAMILIES: &[(Code, &[&str])] = &[
             "too many attempts",
             "too many check attempts",
             "attempts exceeded",
+            "attempts reached",
             "attempt limit",
+            "verification attempts",
+            "check attempts",
+            "too many times",
         ],
     ),
     (
@@ -34,23 +38,33 @@ const FAMILIES: &[(Code, &[&str])] = &[
             "optout",
             "unsubscribed",
             "not verified",
+            "not a verified",
             "unverified",
             "do not call",
             "dnc",
+            "ndnc",
+            "dnd",
             "compliance",
+            "regulations",
         ],
     ),
     (
         Code::InsufficientCredits,
         &[
-            "insufficient",
+            "insufficient funds",
+            "insufficient balance",
+            "insufficient credit",
+            "insufficient quota",
+            "insufficient account balance",
+            "not enough funds",
+            "not enough credit",
             "balance",
             "credit",
             "billing",
             "funds",
             "top up",
             "payment",
-            "quota exceeded",
+            "exceeded your current quota",
         ],
     ),
     (
@@ -67,6 +81,12 @@ const FAMILIES: &[(Code, &[&str])] = &[
             "token expired",
             "invalid credentials",
             "access token",
+            "security token",
+            "client token",
+            "unrecognized client",
+            "application key",
+            "app key",
+            "invalid signature",
         ],
     ),
     (
@@ -74,10 +94,11 @@ const FAMILIES: &[(Code, &[&str])] = &[
         &[
             "forbidden",
             "permission",
-            "not allowed",
             "access denied",
             "not authorized to",
             "insufficient scope",
+            "insufficient privileges",
+            "not enabled",
         ],
     ),
     (
@@ -98,6 +119,9 @@ const FAMILIES: &[(Code, &[&str])] = &[
             "does not exist",
             "not exist",
             "no such",
+            "cannot find",
+            "could not find",
+            "unable to find",
             "unknown resource",
         ],
     ),
@@ -123,7 +147,12 @@ const FAMILIES: &[(Code, &[&str])] = &[
     ),
     (
         Code::PayloadTooLarge,
-        &["too large", "payload", "entity too large"],
+        &[
+            "too large",
+            "too big",
+            "entity too large",
+            "exceeds the maximum size",
+        ],
     ),
     (
         Code::DeliveryFailed,
@@ -148,6 +177,7 @@ const FAMILIES: &[(Code, &[&str])] = &[
             "required",
             "missing",
             "must be",
+            "not allowed",
             "malformed",
             "validation",
             "bad request",
@@ -274,18 +304,6 @@ struct Found {
 }
 
 impl Found {
-    /// The same, blind to one family.
-    fn without(self, c: Code) -> Found {
-        let bit = FAMILIES
-            .iter()
-            .position(|(f, _)| *f == c)
-            .map_or(0, |i| 1u32 << i);
-        Found {
-            code: self.code & !bit,
-            message: self.message & !bit,
-        }
-    }
-
     /// The family to use among `allowed`. The vendor's code speaks first, but a code that
     /// only says "invalid" (validation) yields to a message that names something more
     /// specific ("API key not valid", "already in use").
@@ -307,8 +325,18 @@ pub fn canonical(status: u16, vendor_code: Option<&str>, message: Option<&str>) 
         message: message.map(|m| found(&words(m))).unwrap_or(0),
     };
     let pick = |allowed: &[Code]| named.pick(allowed);
+    // What the vendor says beats a client status it misuses: exhausted verification
+    // attempts and a blocked (opted-out, unverified, do-not-call) recipient are those
+    // whatever 4xx carries them.
+    if (400..500).contains(&status) {
+        if let Some(c) = pick(&[Code::TooManyAttempts, Code::ConsentRequired]) {
+            return c;
+        }
+    }
     match status {
-        401 => Code::AuthenticationFailed,
+        // A 401 that names credit or permission is about the account, not the key.
+        401 => pick(&[Code::InsufficientCredits, Code::PermissionDenied])
+            .unwrap_or(Code::AuthenticationFailed),
         402 => Code::InsufficientCredits,
         404 | 410 => Code::NotFound,
         408 | 504 => Code::UpstreamTimeout,
@@ -322,9 +350,12 @@ pub fn canonical(status: u16, vendor_code: Option<&str>, message: Option<&str>) 
             Code::RateLimited,
         ])
         .unwrap_or(Code::PermissionDenied),
-        429 => {
-            pick(&[Code::TooManyAttempts, Code::InsufficientCredits]).unwrap_or(Code::RateLimited)
-        }
+        // "Rate limit reached … add a payment method to raise it" is a rate limit: naming
+        // the limit beats naming money, unless the vendor's code says credit.
+        429 => family(named.code, &[Code::InsufficientCredits, Code::RateLimited])
+            .or_else(|| family(named.message, &[Code::RateLimited]))
+            .or_else(|| family(named.message, &[Code::InsufficientCredits]))
+            .unwrap_or(Code::RateLimited),
         502 => pick(&[Code::DeliveryFailed]).unwrap_or(Code::UpstreamUnavailable),
         500..=599 => pick(&[
             Code::DeliveryFailed,
@@ -332,11 +363,7 @@ pub fn canonical(status: u16, vendor_code: Option<&str>, message: Option<&str>) 
             Code::UpstreamUnavailable,
         ])
         .unwrap_or(Code::InternalError),
-        // Permission problems come as 403; in a 400/422 "not allowed" means an invalid value.
-        400 | 422 => named
-            .without(Code::PermissionDenied)
-            .pick(&ALL_CLIENT)
-            .unwrap_or(Code::ValidationFailed),
+        400 | 422 => pick(&ALL_CLIENT).unwrap_or(Code::ValidationFailed),
         _ => pick(&ALL_CLIENT).unwrap_or(Code::UnknownError),
     }
 }
@@ -445,6 +472,74 @@ mod tests {
                 Code::ValidationFailed,
             ),
             (400, None, None, Code::ValidationFailed),
+            // What the vendor says beats a status it misuses.
+            (
+                401,
+                None,
+                Some("permissions denied"),
+                Code::PermissionDenied,
+            ),
+            (
+                401,
+                Some("quota_exceeded"),
+                Some("Insufficient credits"),
+                Code::InsufficientCredits,
+            ),
+            (
+                404,
+                None,
+                Some("The number has opted out"),
+                Code::ConsentRequired,
+            ),
+            (
+                410,
+                None,
+                Some("An incorrect code has been provided too many times"),
+                Code::TooManyAttempts,
+            ),
+            (
+                400,
+                None,
+                Some("Account not authorized to call +54…"),
+                Code::PermissionDenied,
+            ),
+            // A rate limit that mentions payment is still a rate limit; a credit code is not.
+            (
+                429,
+                Some("rate_limit_exceeded"),
+                Some("Rate limit reached. Add a payment method to raise it."),
+                Code::RateLimited,
+            ),
+            (
+                429,
+                None,
+                Some("Rate limit reached. Add a payment method to raise it."),
+                Code::RateLimited,
+            ),
+            (
+                429,
+                Some("insufficient_quota"),
+                Some("You exceeded your current quota"),
+                Code::InsufficientCredits,
+            ),
+            (
+                429,
+                None,
+                Some("Quota exceeded for DefaultRequestsPerMinutePerProject"),
+                Code::RateLimited,
+            ),
+            (
+                400,
+                None,
+                Some("could not process the JSON payload"),
+                Code::ValidationFailed,
+            ),
+            (
+                403,
+                None,
+                Some("Insufficient permissions"),
+                Code::PermissionDenied,
+            ),
         ];
         for (status, code, msg, want) in cases {
             assert_eq!(

@@ -48,37 +48,6 @@ pub struct Extracted {
 /// Largest number of details kept.
 const MAX_DETAILS: usize = 32;
 
-const CODE_PTRS: [&str; 10] = [
-    "/error/code",
-    "/code",
-    "/error_code",
-    "/errorCode",
-    "/error/type",
-    "/errors/0/code",
-    "/error/status",
-    "/status",
-    "/reason",
-    "/type",
-];
-const MESSAGE_PTRS: [&str; 17] = [
-    "/error/message",
-    "/message",
-    "/error_description",
-    "/detail",
-    "/errors/0/message",
-    "/errors/0/detail",
-    "/errors/0/title",
-    "/error/description",
-    "/errorMessage",
-    "/error_message",
-    "/msg",
-    "/description",
-    "/title",
-    "/error/detail",
-    "/fault/faultstring",
-    "/error",
-    "/errors",
-];
 const DETAIL_PTRS: [&str; 8] = [
     "/error/details",
     "/details",
@@ -88,17 +57,6 @@ const DETAIL_PTRS: [&str; 8] = [
     "/invalid_params",
     "/validation_errors",
     "/detail",
-];
-const REQUEST_ID_PTRS: [&str; 9] = [
-    "/request_id",
-    "/requestId",
-    "/error/request_id",
-    "/error/requestId",
-    "/meta/request_id",
-    "/meta/requestId",
-    "/trace_id",
-    "/traceId",
-    "/correlation_id",
 ];
 const REQUEST_ID_HEADERS: [&str; 7] = [
     "x-request-id",
@@ -160,56 +118,231 @@ fn code_like(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && !s.contains(char::is_whitespace)
 }
 
-/// The code: profile pointers, then the common places. A numeric code equal to the HTTP
-/// status is no code at all (Google-style `{"error":{"code":400,"status":"INVALID_ARGUMENT"}}`);
-/// a problem+json `type` URI gives its last path segment.
-fn find_code(doc: &Value, profile: &Profile, status: u16) -> Option<String> {
+/// `Forbidden`, `Unauthorized`: a word as a sentence would start, not an identifier.
+fn capitalised_word(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(char::is_uppercase) && chars.all(char::is_lowercase)
+}
+
+/// A key as the detector compares it: ASCII letters and digits, lower-cased, so
+/// `errorMessage`, `error_message`, `Error-Message` and `ERRORMESSAGE` are one name.
+fn key_name(k: &str) -> smallvec::SmallVec<[u8; 24]> {
+    k.bytes()
+        .filter(u8::is_ascii_alphanumeric)
+        .map(|b| b.to_ascii_lowercase())
+        .collect()
+}
+
+/// A key naming an error object or list: `error`, `errors`, `requestError`, `Fault`,
+/// `serviceException`, `RestException`, `err`.
+fn error_like(name: &[u8]) -> bool {
+    let has = |w: &[u8]| name.windows(w.len()).any(|x| x == w);
+    name == b"err" || has(b"error") || has(b"exception") || has(b"fault") || name == b"problem"
+}
+
+/// The objects of a document that may hold the error, most specific first: error objects
+/// (reached through error-named keys), the document itself, the first entry of an
+/// error-named list, then other objects (a vendor-named wrapper, `detail: {…}`), each at most
+/// [`MAX_LEVELS`] down.
+fn containers(doc: &Value) -> Vec<&serde_json::Map<String, Value>> {
+    let Value::Object(root) = doc else {
+        return Vec::new();
+    };
+    let (mut errors, mut entries, mut wrappers) = (Vec::new(), Vec::new(), Vec::new());
+    let mut level = vec![(root, false)];
+    for _ in 0..MAX_LEVELS {
+        let mut next = Vec::new();
+        for (obj, _) in &level {
+            for (k, v) in obj.iter() {
+                let named = error_like(&key_name(k));
+                match v {
+                    Value::Object(m) => {
+                        if named {
+                            errors.push(m)
+                        } else {
+                            wrappers.push(m)
+                        }
+                        next.push((m, named));
+                    }
+                    Value::Array(items) if named => {
+                        if let Some(Value::Object(m)) = items.first() {
+                            entries.push(m);
+                            next.push((m, true));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if errors.len() + entries.len() + wrappers.len() > MAX_CONTAINERS {
+                break;
+            }
+        }
+        level = next;
+    }
+    let mut out = Vec::with_capacity(1 + errors.len() + entries.len() + wrappers.len());
+    out.extend(errors);
+    out.push(root);
+    out.extend(entries);
+    out.extend(wrappers);
+    out.truncate(MAX_CONTAINERS);
+    out
+}
+
+/// How far below the document the detector looks.
+const MAX_LEVELS: usize = 3;
+/// Most objects the detector reads fields from.
+const MAX_CONTAINERS: usize = 32;
+
+/// Code-like field names, best first.
+const CODE_NAMES: [&[u8]; 10] = [
+    b"code",
+    b"errorcode",
+    b"errcode",
+    b"faultcode",
+    b"subcode",
+    b"type",
+    b"errortype",
+    b"status",
+    b"reason",
+    b"error",
+];
+
+/// Message-like field names, best first. `title` with `detail` is handled before these.
+const MESSAGE_NAMES: [&[u8]; 20] = [
+    b"message",
+    b"msg",
+    b"errormessage",
+    b"errmsg",
+    b"errormsg",
+    b"errordescription",
+    b"detail",
+    b"description",
+    b"text",
+    b"errortext",
+    b"faultstring",
+    b"statusmessage",
+    b"usermessage",
+    b"developermessage",
+    b"displaymessage",
+    b"reason",
+    b"info",
+    b"title",
+    b"error",
+    b"errors",
+];
+
+/// The value under the first key of `obj` whose name is `name`.
+fn field<'a>(obj: &'a serde_json::Map<String, Value>, name: &[u8]) -> Option<&'a Value> {
+    obj.iter()
+        .find(|(k, _)| key_name(k).as_slice() == name)
+        .map(|(_, v)| v)
+}
+
+/// A code read from a field: numbers equal to the HTTP status are no code (Google-style
+/// `{"error":{"code":400,"status":"INVALID_ARGUMENT"}}`), nor is a numeric `status`; a `type`
+/// URI gives its last path segment (RFC 7807, Vonage's `…/api-errors#throttled`).
+fn code_from(name: &[u8], v: &Value, status: u16) -> Option<String> {
+    let s = match v {
+        Value::Number(n) if n.as_u64() == Some(u64::from(status)) => return None,
+        Value::Number(n) => return (name != b"status").then(|| n.to_string()),
+        Value::String(s) => s.trim(),
+        _ => return None,
+    };
+    if s.parse::<u16>()
+        .is_ok_and(|n| n == status || name == b"status")
+    {
+        return None;
+    }
+    // `"status": "error"`, `"type": "error"`: that it is an error, not which.
+    if [
+        "error", "errors", "fail", "failed", "failure", "false", "ko", "nok",
+    ]
+    .iter()
+    .any(|w| s.eq_ignore_ascii_case(w))
+    {
+        return None;
+    }
+    // `{"error": "Forbidden"}`: one capitalised word under `error` is a message, where
+    // `invalid_grant` or `authentication-error` is a code.
+    if name == b"error" && capitalised_word(s) {
+        return None;
+    }
+    if matches!(name, b"type" | b"errortype") {
+        if s == "about:blank" {
+            return None;
+        }
+        if s.contains("://") || s.starts_with('/') {
+            // The last segment keeps its fragment: `api-errors#throttled`,
+            // `messages-olympus#1120` (the fragment alone would lose its namespace).
+            let seg = s.rsplit('/').find(|x| !x.is_empty()).unwrap_or("");
+            return code_like(seg).then(|| seg.to_string());
+        }
+    }
+    code_like(s).then(|| s.to_string())
+}
+
+/// The code: profile pointers, then code-like fields of the error's objects.
+fn find_code(
+    doc: &Value,
+    boxes: &[&serde_json::Map<String, Value>],
+    profile: &Profile,
+    status: u16,
+) -> Option<String> {
     if let Some(c) = first_text(doc, profile.code.iter().map(String::as_str)) {
         return Some(c);
     }
-    for ptr in CODE_PTRS {
-        let Some(v) = lookup(doc, ptr) else { continue };
-        let candidate = match v {
-            Value::Number(n) if n.as_u64() == Some(u64::from(status)) => continue,
-            Value::Number(n) => n.to_string(),
-            Value::String(s) => s.trim().to_string(),
-            _ => continue,
-        };
-        if ptr == "/type" {
-            if candidate == "about:blank" {
-                continue;
-            }
-            let seg = candidate
-                .trim_end_matches('/')
-                .rsplit('/')
-                .next()
-                .unwrap_or("");
-            if code_like(seg) {
-                return Some(seg.to_string());
-            }
-            continue;
-        }
-        if code_like(&candidate) && !(ptr == "/status" && candidate.parse::<u16>().is_ok()) {
-            return Some(candidate);
-        }
-    }
-    // OAuth-style {"error": "invalid_grant"}: a code-like string under /error.
-    match lookup(doc, "/error") {
-        Some(Value::String(s)) if code_like(s.trim()) => Some(s.trim().to_string()),
-        _ => None,
-    }
+    boxes.iter().find_map(|obj| {
+        CODE_NAMES
+            .iter()
+            .find_map(|name| field(obj, name).and_then(|v| code_from(name, v, status)))
+    })
 }
 
-fn find_message(doc: &Value, profile: &Profile, code: Option<&str>) -> Option<String> {
+/// `title: detail` when an object gives both (RFC 7807, JSON:API): the title alone names the
+/// kind of problem, the detail this occurrence.
+fn title_and_detail(obj: &serde_json::Map<String, Value>) -> Option<String> {
+    let title = field(obj, b"title").and_then(text)?;
+    let detail = field(obj, b"detail").and_then(text)?;
+    Some(if detail.starts_with(&title) {
+        detail
+    } else if title.ends_with(['.', ':', '!', '?']) {
+        format!("{title} {detail}")
+    } else {
+        format!("{title}: {detail}")
+    })
+}
+
+/// The message: profile pointers, then message-like fields of the error's objects. A value
+/// equal to the code (OAuth's `{"error": "invalid_grant"}`) is the code, not a message.
+fn find_message(
+    doc: &Value,
+    boxes: &[&serde_json::Map<String, Value>],
+    profile: &Profile,
+    code: Option<&str>,
+) -> Option<String> {
     if let Some(m) = first_text(doc, profile.message.iter().map(String::as_str)) {
-        return Some(m);
+        if Some(m.as_str()) != code || !code_like(&m) {
+            return Some(m);
+        }
     }
-    MESSAGE_PTRS.iter().find_map(|p| {
-        let v = lookup(doc, p)?;
-        // An `errors` array of objects is details, not a message.
-        let t = text(v)?;
-        // `/error` holding the code itself (OAuth) is not a message.
-        (Some(t.as_str()) != code).then_some(t)
+    boxes.iter().find_map(|obj| {
+        let first = MESSAGE_NAMES
+            .iter()
+            .take(5)
+            .find_map(|n| field(obj, n).and_then(text));
+        first
+            .or_else(|| title_and_detail(obj))
+            .or_else(|| {
+                MESSAGE_NAMES.iter().skip(5).find_map(|name| {
+                    let t = field(obj, name).and_then(text)?;
+                    // A code-like `reason`/`error`/`title` is a code, not a message.
+                    let wordy = !code_like(&t)
+                        || capitalised_word(&t)
+                        || !matches!(*name, b"reason" | b"error" | b"title");
+                    (wordy && Some(t.as_str()) != code).then_some(t)
+                })
+            })
+            .filter(|t| Some(t.as_str()) != code)
     })
 }
 
@@ -321,16 +454,36 @@ fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-fn find_request_id(doc: Option<&Value>, headers: &HeaderMap, profile: &Profile) -> Option<String> {
-    let from_doc = |ptrs: &mut dyn Iterator<Item = &str>| doc.and_then(|d| first_text(d, ptrs));
-    from_doc(&mut profile.request_id.iter().map(String::as_str))
+/// Request-id field names.
+const REQUEST_ID_NAMES: [&[u8]; 6] = [
+    b"requestid",
+    b"xrequestid",
+    b"traceid",
+    b"correlationid",
+    b"reqid",
+    b"transactionid",
+];
+
+fn find_request_id(
+    doc: Option<&Value>,
+    boxes: &[&serde_json::Map<String, Value>],
+    headers: &HeaderMap,
+    profile: &Profile,
+) -> Option<String> {
+    doc.and_then(|d| first_text(d, profile.request_id.iter().map(String::as_str)))
         .or_else(|| {
             profile
                 .request_id_headers
                 .iter()
                 .find_map(|h| header_text(headers, h.as_str()))
         })
-        .or_else(|| from_doc(&mut REQUEST_ID_PTRS.iter().copied()))
+        .or_else(|| {
+            boxes.iter().find_map(|obj| {
+                REQUEST_ID_NAMES
+                    .iter()
+                    .find_map(|n| field(obj, n).and_then(text))
+            })
+        })
         .or_else(|| {
             REQUEST_ID_HEADERS
                 .iter()
@@ -340,8 +493,9 @@ fn find_request_id(doc: Option<&Value>, headers: &HeaderMap, profile: &Profile) 
 
 /// Extracts from a parsed JSON document.
 pub fn from_json(doc: &Value, headers: &HeaderMap, profile: &Profile, status: u16) -> Extracted {
-    let code = find_code(doc, profile, status);
-    let message = find_message(doc, profile, code.as_deref());
+    let boxes = containers(doc);
+    let code = find_code(doc, &boxes, profile, status);
+    let message = find_message(doc, &boxes, profile, code.as_deref());
     let mut details = find_details(doc, profile);
     // NestJS-style {"message": ["a must be…", "b must be…"]}: the list is the details too.
     if details.is_empty() {
@@ -357,7 +511,7 @@ pub fn from_json(doc: &Value, headers: &HeaderMap, profile: &Profile, status: u1
         code,
         message,
         details,
-        request_id: find_request_id(Some(doc), headers, profile),
+        request_id: find_request_id(Some(doc), &boxes, headers, profile),
     }
 }
 
@@ -469,7 +623,7 @@ pub fn from_text(
     } else {
         None
     }
-    .or_else(|| find_request_id(None, headers, profile));
+    .or_else(|| find_request_id(None, &[], headers, profile));
     Extracted {
         code,
         message,
@@ -538,6 +692,93 @@ mod tests {
         );
         assert_eq!(e.code.as_deref(), Some("invalid_grant"));
         assert_eq!(e.message.as_deref(), Some("expired"));
+    }
+
+    #[test]
+    fn message_like_names_in_any_case_up_to_three_levels_down() {
+        let e = ex(
+            json!({"Error": {"ErrorCode": "E1", "ErrorMessage": "deep"}}),
+            400,
+        );
+        assert_eq!(
+            (e.code.as_deref(), e.message.as_deref()),
+            (Some("E1"), Some("deep"))
+        );
+        // A vendor-named wrapper, and an exception inside an error.
+        let e = ex(
+            json!({"requestError": {"serviceException": {"messageId": "UNAUTHORIZED", "text": "Invalid login details"}}}),
+            401,
+        );
+        assert_eq!(e.message.as_deref(), Some("Invalid login details"));
+        let e = ex(
+            json!({"detail": {"status": "quota_exceeded", "message": "out of characters"}}),
+            401,
+        );
+        assert_eq!(
+            (e.code.as_deref(), e.message.as_deref()),
+            (Some("quota_exceeded"), Some("out of characters"))
+        );
+        let e = ex(
+            json!({"response": {"error_data": {"code": 1002, "description": "too long"}}}),
+            400,
+        );
+        assert_eq!(
+            (e.code.as_deref(), e.message.as_deref()),
+            (Some("1002"), Some("too long"))
+        );
+        // Four levels down is too far.
+        let e = ex(json!({"a": {"b": {"c": {"message": "found"}}}}), 400);
+        assert_eq!(e.message.as_deref(), Some("found"));
+        let e = ex(json!({"a": {"b": {"c": {"d": {"message": "lost"}}}}}), 400);
+        assert_eq!(e.message, None);
+        // The error object beats the document; the document beats an `errors` entry.
+        let e = ex(
+            json!({"message": "outer", "error": {"message": "inner"}}),
+            400,
+        );
+        assert_eq!(e.message.as_deref(), Some("inner"));
+        let e = ex(
+            json!({"message": "Validation failed", "errors": [{"field": "to", "message": "bad"}]}),
+            422,
+        );
+        assert_eq!(e.message.as_deref(), Some("Validation failed"));
+    }
+
+    #[test]
+    fn a_problem_document_keeps_title_and_detail() {
+        let e = ex(
+            json!({"type": "https://example.com/errors#low-balance", "title": "Low balance", "detail": "Top up first"}),
+            402,
+        );
+        assert_eq!(e.message.as_deref(), Some("Low balance: Top up first"));
+        assert_eq!(e.code.as_deref(), Some("errors#low-balance"));
+        let e = ex(
+            json!({"errors": [{"code": "10009", "title": "Authentication failed.", "detail": "Bad key"}]}),
+            401,
+        );
+        assert_eq!(e.message.as_deref(), Some("Authentication failed. Bad key"));
+        let e = ex(
+            json!({"title": "Not Found", "detail": "Not Found: call CA1"}),
+            404,
+        );
+        assert_eq!(e.message.as_deref(), Some("Not Found: call CA1"));
+    }
+
+    #[test]
+    fn words_that_say_only_that_it_failed_are_no_code() {
+        let e = ex(
+            json!({"status": "error", "message": "Agent not found"}),
+            404,
+        );
+        assert_eq!(e.code, None);
+        // One capitalised word under `error` is what the vendor said, not its code.
+        let e = ex(json!({"error": "Forbidden"}), 403);
+        assert_eq!((e.code, e.message.as_deref()), (None, Some("Forbidden")));
+        let e = ex(json!({"error": "authentication-error"}), 401);
+        assert_eq!(
+            (e.code.as_deref(), e.message),
+            (Some("authentication-error"), None)
+        );
     }
 
     #[test]

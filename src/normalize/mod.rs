@@ -16,6 +16,7 @@ pub mod hints;
 pub mod profile;
 pub mod render;
 pub mod transport;
+pub mod xml;
 
 pub use profile::Profile;
 
@@ -156,6 +157,22 @@ pub fn normalize(
     build(profile, vendor, request_id, resp, now, read(resp), None)
 }
 
+/// What Switchboard makes of any vendor response: the envelope for an error (a status ≥ 300,
+/// or a 2xx a `success_errors` rule declares one); `None` for a success, passed through.
+pub fn answer(
+    profile: &Profile,
+    vendor: &str,
+    request_id: &str,
+    resp: &VendorResponse<'_>,
+    now: SystemTime,
+) -> Option<Normalized> {
+    if (200..300).contains(&resp.status) {
+        success_error(profile, vendor, request_id, resp, now)
+    } else {
+        Some(normalize(profile, vendor, request_id, resp, now))
+    }
+}
+
 /// For a 2xx response that a profile rule may declare an error: the envelope when it does.
 pub fn success_error(
     profile: &Profile,
@@ -174,22 +191,43 @@ pub fn success_error(
     Some(build(profile, vendor, request_id, resp, now, body, forced))
 }
 
-/// A vendor body ready to read: decompressed (capped), and parsed when it is JSON.
+/// A vendor body ready to read: decompressed (capped), and parsed when it is JSON or XML.
 struct Decoded<'a> {
     bytes: Cow<'a, [u8]>,
     /// Less than the whole body: the read or the decompression was capped.
     cut: bool,
     doc: Option<Value>,
+    /// `doc` is the JSON view of an XML body ([`xml::view`]): the body is kept as text.
+    from_xml: bool,
 }
 
 fn read<'a>(resp: &VendorResponse<'a>) -> Decoded<'a> {
     let (bytes, decode_cut) = decoded(resp.headers, resp.body);
-    let doc = parse_json(&bytes);
+    let mut doc = parse_json(&bytes);
+    let mut from_xml = false;
+    if doc.is_none() && looks_xml(&bytes, resp.headers) {
+        doc = std::str::from_utf8(&bytes).ok().and_then(xml::view);
+        from_xml = doc.is_some();
+    }
     Decoded {
         bytes,
         cut: resp.truncated || decode_cut,
         doc,
+        from_xml,
     }
+}
+
+/// An XML document and not an HTML page (which the text reader takes by its title).
+fn looks_xml(bytes: &[u8], headers: &HeaderMap) -> bool {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let head = &bytes[start..bytes.len().min(start + 64)];
+    let lower: Vec<u8> = head.iter().map(u8::to_ascii_lowercase).collect();
+    let html = lower.starts_with(b"<!doctype html") || lower.starts_with(b"<html");
+    let ct = content_type(headers);
+    !html && !ct.contains("html") && head.first() == Some(&b'<')
 }
 
 /// The envelope for a vendor response; `forced` is the code a `success_errors` rule names.
@@ -202,7 +240,12 @@ fn build(
     body: Decoded<'_>,
     forced: Option<Code>,
 ) -> Normalized {
-    let Decoded { bytes, cut, doc } = body;
+    let Decoded {
+        bytes,
+        cut,
+        doc,
+        from_xml,
+    } = body;
     let extracted = match &doc {
         Some(d) => detect::from_json(d, resp.headers, profile, resp.status),
         None => detect::from_text(
@@ -246,9 +289,13 @@ fn build(
                 .ok()
                 .and_then(|s| s.canonical_reason())
                 .unwrap_or("");
-            format!("vendor answered HTTP {} {reason}", resp.status)
-                .trim_end()
-                .to_string()
+            let said = format!("vendor answered HTTP {} {reason}", resp.status);
+            // A code and no words (`{"error": "invalid_parameter"}`): the code is all the
+            // vendor said, so it is said too.
+            match &extracted.code {
+                Some(c) => format!("{}: {c}", said.trim_end()),
+                None => said.trim_end().to_string(),
+            }
         });
     let envelope = Envelope {
         error: ErrorBody {
@@ -264,7 +311,7 @@ fn build(
                 status: resp.status,
                 code: extracted.code,
                 request_id: extracted.request_id,
-                body: kept_body(&bytes, doc, cut),
+                body: kept_body(&bytes, doc.filter(|_| !from_xml), cut),
             }),
         },
         request_id: request_id.to_string(),
