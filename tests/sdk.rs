@@ -75,6 +75,34 @@ async fn the_twilio_sdk_sees_twilio_codes_and_switchboard_counts_canonical_ones(
     assert_eq!(count("consent_required", "upstream"), Some(1.0), "{m}");
     assert_eq!(count("rate_limited", "proxy"), Some(1.0), "{m}");
 
+    // The same Twilio error for an app that asked for the canonical envelope: the SDK sees
+    // its canonical 403 (no Twilio code to read), and it is counted under the same code.
+    let port = free_port();
+    let env_sb = Sb::start(&vendor_yaml(
+        "twilio",
+        port,
+        &format!("http://{}", s.addr()),
+        "    profile: twilio\n    errors: envelope\n",
+    ));
+    let e = twilio_sdk(port);
+    // (With no top-level `code` in the body the SDK reports the HTTP status as the code.)
+    assert_eq!(e["type"], "TwilioRestException", "{e}");
+    assert_eq!(
+        (e["status"].as_u64(), e["code"].as_u64()),
+        (Some(403), Some(403)),
+        "{e}"
+    );
+    assert_eq!(s.hits(), 2, "the envelope-mode SMS reached Twilio");
+    let m = metrics_settled(env_sb.admin, 1).await;
+    assert_eq!(
+        metric(
+            &m,
+            "switchboard_errors_total{code=\"consent_required\",endpoint=\"other\",source=\"upstream\",vendor=\"twilio\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+
     // An unreachable Twilio: the SDK's own exception type, Switchboard's code in it.
     let port = free_port();
     let _dead = Sb::start(&vendor_yaml(
