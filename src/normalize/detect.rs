@@ -144,7 +144,7 @@ fn error_like(name: &[u8]) -> bool {
 /// (reached through error-named keys), the document itself, the first entry of an
 /// error-named list, then other objects (a vendor-named wrapper, `detail: {…}`), each at most
 /// [`MAX_LEVELS`] down.
-fn containers(doc: &Value) -> Vec<&serde_json::Map<String, Value>> {
+fn containers(doc: &Value) -> Vec<Fields<'_>> {
     let Value::Object(root) = doc else {
         return Vec::new();
     };
@@ -185,8 +185,14 @@ fn containers(doc: &Value) -> Vec<&serde_json::Map<String, Value>> {
     out.extend(entries);
     out.extend(wrappers);
     out.truncate(MAX_CONTAINERS);
-    out
+    // Each key's name is worked out once here, not once per name looked for.
+    out.into_iter()
+        .map(|m| m.iter().map(|(k, v)| (key_name(k), v)).collect())
+        .collect()
 }
+
+/// An object's fields by [`key_name`], in document order.
+type Fields<'a> = Vec<(smallvec::SmallVec<[u8; 24]>, &'a Value)>;
 
 /// How far below the document the detector looks.
 const MAX_LEVELS: usize = 3;
@@ -232,10 +238,10 @@ const MESSAGE_NAMES: [&[u8]; 20] = [
 ];
 
 /// The value under the first key of `obj` whose name is `name`.
-fn field<'a>(obj: &'a serde_json::Map<String, Value>, name: &[u8]) -> Option<&'a Value> {
+fn field<'a>(obj: &Fields<'a>, name: &[u8]) -> Option<&'a Value> {
     obj.iter()
-        .find(|(k, _)| key_name(k).as_slice() == name)
-        .map(|(_, v)| v)
+        .find(|(k, _)| k.as_slice() == name)
+        .map(|(_, v)| *v)
 }
 
 /// A code read from a field: numbers equal to the HTTP status are no code (Google-style
@@ -282,12 +288,7 @@ fn code_from(name: &[u8], v: &Value, status: u16) -> Option<String> {
 }
 
 /// The code: profile pointers, then code-like fields of the error's objects.
-fn find_code(
-    doc: &Value,
-    boxes: &[&serde_json::Map<String, Value>],
-    profile: &Profile,
-    status: u16,
-) -> Option<String> {
+fn find_code(doc: &Value, boxes: &[Fields<'_>], profile: &Profile, status: u16) -> Option<String> {
     if let Some(c) = first_text(doc, profile.code.iter().map(String::as_str)) {
         return Some(c);
     }
@@ -300,7 +301,7 @@ fn find_code(
 
 /// `title: detail` when an object gives both (RFC 7807, JSON:API): the title alone names the
 /// kind of problem, the detail this occurrence.
-fn title_and_detail(obj: &serde_json::Map<String, Value>) -> Option<String> {
+fn title_and_detail(obj: &Fields<'_>) -> Option<String> {
     let title = field(obj, b"title").and_then(text)?;
     let detail = field(obj, b"detail").and_then(text)?;
     Some(if detail.starts_with(&title) {
@@ -316,7 +317,7 @@ fn title_and_detail(obj: &serde_json::Map<String, Value>) -> Option<String> {
 /// equal to the code (OAuth's `{"error": "invalid_grant"}`) is the code, not a message.
 fn find_message(
     doc: &Value,
-    boxes: &[&serde_json::Map<String, Value>],
+    boxes: &[Fields<'_>],
     profile: &Profile,
     code: Option<&str>,
 ) -> Option<String> {
@@ -466,7 +467,7 @@ const REQUEST_ID_NAMES: [&[u8]; 6] = [
 
 fn find_request_id(
     doc: Option<&Value>,
-    boxes: &[&serde_json::Map<String, Value>],
+    boxes: &[Fields<'_>],
     headers: &HeaderMap,
     profile: &Profile,
 ) -> Option<String> {
