@@ -275,6 +275,25 @@ impl Envelope {
         (env, headers)
     }
 
+    /// Switchboard's own 429 for a full concurrency limit (`in_flight`): a slot frees when
+    /// one of the requests at the vendor is answered, so the hint is a second.
+    pub fn concurrency_limited(full: &crate::limits::Full, vendor: &str, request_id: &str) -> Self {
+        let whose = match full.scope {
+            crate::limits::Scope::Key => "this API key",
+            crate::limits::Scope::Global => "all keys together",
+        };
+        Envelope::proxy(
+            Code::RateLimited,
+            format!(
+                "concurrency limit of {} requests at the vendor at once reached for {whose}; retry when one is answered",
+                full.max
+            ),
+            vendor,
+            request_id,
+        )
+        .with_retry_after(Some(1))
+    }
+
     /// Sets how many upstream attempts were made.
     pub fn with_attempts(mut self, attempts: u32) -> Self {
         self.error.attempts = attempts;

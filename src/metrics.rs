@@ -28,6 +28,8 @@ pub struct Latency {
     pub request: prometheus::Histogram,
     /// `switchboard_upstream_duration_seconds` of the endpoint.
     pub upstream: prometheus::Histogram,
+    /// `switchboard_inflight` of the endpoint.
+    pub at_vendor: prometheus::IntGauge,
 }
 
 /// All metric families.
@@ -48,6 +50,8 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     /// `switchboard_ratelimit_keys{vendor}`
     pub ratelimit_keys: IntGaugeVec,
+    /// `switchboard_inflight{vendor,endpoint}`
+    pub inflight: IntGaugeVec,
     /// `switchboard_upstream_attempts_total{vendor,endpoint,status}`
     pub upstream_attempts: IntCounterVec,
     /// `switchboard_retries_total{vendor,endpoint,reason}`
@@ -181,6 +185,11 @@ impl Metrics {
             "API keys with live rate-limit state",
             &["vendor"],
         )?;
+        let inflight = gauge(
+            "switchboard_inflight",
+            "Requests at the vendor now: sent, their answer not yet complete",
+            &["vendor", "endpoint"],
+        )?;
         let upstream_attempts = counter(
             "switchboard_upstream_attempts_total",
             "Requests sent to the vendor, retries included, by vendor status (or connect_error, timeout, lost)",
@@ -261,6 +270,7 @@ impl Metrics {
             ratelimit_decisions,
             queue_depth,
             ratelimit_keys,
+            inflight,
             upstream_attempts,
             retries,
             retry_giveups,
@@ -316,6 +326,7 @@ impl Metrics {
             .map(|e| Latency {
                 request: self.request_duration.with_label_values(&[vendor, e]),
                 upstream: self.upstream_duration.with_label_values(&[vendor, e]),
+                at_vendor: self.inflight.with_label_values(&[vendor, e]),
             })
             .collect()
     }

@@ -235,6 +235,7 @@ mod tests {
             path_prefix: prefix.into(),
             methods: methods.iter().map(|m| m.to_string()).collect(),
             limits: Vec::new(),
+            in_flight: Vec::new(),
         }
     }
 

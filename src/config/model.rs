@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::raw::*;
 use crate::diag::{parse_duration, parse_size, typed, Problems};
-use crate::limits::{BucketSpec, Mode, Scope, Shape};
+use crate::limits::{BucketSpec, Mode, Scope, Shape, SlotSpec};
 use crate::normalize::Profile;
 use crate::retry::Policy;
 
@@ -154,6 +154,8 @@ pub struct Vendor {
     pub key: KeyConfig,
     /// Limits on every request of the vendor.
     pub limits: Vec<BucketSpec>,
+    /// Concurrency limits (`in_flight: N`) on every request of the vendor.
+    pub in_flight: Vec<SlotSpec>,
     /// Most API keys tracked at once; new keys beyond share one stricter bucket.
     pub max_keys: usize,
     /// Retry policy.
@@ -206,6 +208,8 @@ pub struct Endpoint {
     pub methods: Vec<String>,
     /// Limits on this endpoint's requests (on top of the vendor-wide ones).
     pub limits: Vec<BucketSpec>,
+    /// Concurrency limits on this endpoint's requests (on top of the vendor-wide ones).
+    pub in_flight: Vec<SlotSpec>,
 }
 
 /// Label used for requests that match no endpoint.
@@ -406,12 +410,13 @@ fn vendor(
                 );
             }
         }
-        let limits = limit_list(&e.limits, &format!("{ep}.limits"), p);
+        let (limits, in_flight) = limit_list(&e.limits, &format!("{ep}.limits"), p);
         endpoints.push(Endpoint {
             name: e.name.clone(),
             path_prefix: e.matcher.path_prefix.clone(),
             methods,
             limits,
+            in_flight,
         });
     }
     let max_request_body = match raw.max_request_body.as_ref().map(parse_size) {
@@ -435,7 +440,7 @@ fn vendor(
         &format!("{path}.dns_refresh"),
         p,
     );
-    let limits = limit_list(&raw.limits, &format!("{path}.limits"), p);
+    let (limits, in_flight) = limit_list(&raw.limits, &format!("{path}.limits"), p);
     let key = key_config(raw.key.as_ref(), &format!("{path}.key"), p);
     let max_keys = match raw.max_keys {
         None => DEFAULT_MAX_KEYS,
@@ -475,6 +480,7 @@ fn vendor(
         retry,
         key,
         limits,
+        in_flight,
         max_keys,
         name: raw.name,
         listen: listen?,
@@ -639,14 +645,63 @@ fn window(s: &str) -> Result<Duration, String> {
     }
 }
 
-fn limit_list(raw: &[RawLimit], path: &str, p: &mut Problems) -> Vec<BucketSpec> {
+/// A list's rate limits and its concurrency limits (`in_flight`), in file order each.
+fn limit_list(raw: &[RawLimit], path: &str, p: &mut Problems) -> (Vec<BucketSpec>, Vec<SlotSpec>) {
     if raw.len() > MAX_LIMITS {
         p.push(path, format!("at most {MAX_LIMITS} limits per list"));
     }
-    raw.iter()
-        .enumerate()
-        .filter_map(|(i, l)| limit(l, &format!("{path}[{i}]"), p))
-        .collect()
+    let (mut rates, mut slots) = (Vec::new(), Vec::new());
+    for (i, l) in raw.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        if l.in_flight.is_some() {
+            slots.extend(in_flight(l, &at, p));
+        } else {
+            rates.extend(limit(l, &at, p));
+        }
+    }
+    (rates, slots)
+}
+
+/// `{ in_flight: N, scope, mode, max_wait, max_waiters, shadow }`.
+fn in_flight(raw: &RawLimit, path: &str, p: &mut Problems) -> Option<SlotSpec> {
+    let before = p.0.len();
+    let max = match raw.in_flight {
+        Some(n) if (1..=100_000).contains(&n) => n as u32,
+        n => {
+            p.push(
+                format!("{path}.in_flight"),
+                format!("invalid in_flight {n:?} (expected 1 to 100000)"),
+            );
+            1
+        }
+    };
+    for (given, name) in [
+        (raw.rate.is_some(), "rate"),
+        (raw.per.is_some(), "per"),
+        (raw.burst.is_some(), "burst"),
+    ] {
+        if given {
+            p.push(
+                format!("{path}.{name}"),
+                "a concurrency limit (in_flight) has no rate, per or burst: make it a limit of its own",
+            );
+        }
+    }
+    if raw.shared {
+        p.push(
+            format!("{path}.shared"),
+            "shared in_flight limits are not built yet (issue 16): this pod can count only its own requests; drop shared: true",
+        );
+    }
+    let (scope, mode, max_wait, max_waiters) = admission(raw, path, p);
+    (p.0.len() == before).then_some(SlotSpec {
+        max,
+        scope,
+        mode,
+        max_wait,
+        max_waiters,
+        shadow: raw.shadow,
+    })
 }
 
 fn limit(raw: &RawLimit, path: &str, p: &mut Problems) -> Option<BucketSpec> {
@@ -705,6 +760,31 @@ fn limit(raw: &RawLimit, path: &str, p: &mut Problems) -> Option<BucketSpec> {
             1
         }
     };
+    let (scope, mode, max_wait, max_waiters) = admission(raw, path, p);
+    if raw.shared && raw.shadow {
+        p.push(
+            format!("{path}.shared"),
+            "a shared limit cannot be shadow (shadow limits are counted per pod)",
+        );
+    }
+    let shape = Shape { rate, per, burst };
+    if p.0.len() == before && shape.quota().is_none() {
+        p.push(path, "this rate, per and burst make no usable bucket");
+    }
+    (p.0.len() == before).then_some(BucketSpec {
+        shape,
+        scope,
+        mode,
+        max_wait,
+        max_waiters,
+        shadow: raw.shadow,
+        shared: raw.shared,
+    })
+}
+
+/// What a limit of either kind shares: whose requests it counts, and what a request it
+/// cannot take now gets (`scope`, `mode`, `max_wait`, `max_waiters`).
+fn admission(raw: &RawLimit, path: &str, p: &mut Problems) -> (Scope, Mode, Duration, usize) {
     let scope = match raw.scope.as_deref() {
         None | Some("key") => Scope::Key,
         Some("global") => Scope::Global,
@@ -764,25 +844,7 @@ fn limit(raw: &RawLimit, path: &str, p: &mut Problems) -> Option<BucketSpec> {
             1
         }
     };
-    if raw.shared && raw.shadow {
-        p.push(
-            format!("{path}.shared"),
-            "a shared limit cannot be shadow (shadow limits are counted per pod)",
-        );
-    }
-    let shape = Shape { rate, per, burst };
-    if p.0.len() == before && shape.quota().is_none() {
-        p.push(path, "this rate, per and burst make no usable bucket");
-    }
-    (p.0.len() == before).then_some(BucketSpec {
-        shape,
-        scope,
-        mode,
-        max_wait,
-        max_waiters,
-        shadow: raw.shadow,
-        shared: raw.shared,
-    })
+    (scope, mode, max_wait, max_waiters)
 }
 
 /// A path as the user would recognise it (relative to the config folder when inside it).

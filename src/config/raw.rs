@@ -129,6 +129,7 @@ pub struct RawKey {
 /// One entry of `limits:` (vendor-wide or per endpoint).
 #[derive(Debug, Deserialize, Default)]
 pub struct RawLimit {
+    pub in_flight: Option<i64>,
     pub rate: Option<i64>,
     pub per: Option<String>,
     pub burst: Option<i64>,

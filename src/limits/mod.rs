@@ -14,7 +14,8 @@
 //! - `verdict`: the answer, as facts (the 429 response itself is
 //!   `Envelope::rate_limited_locally`);
 //! - `limiter`: [`Limiter`], which composes them and orders a decision;
-//! - `sweeper`: the background task that evicts.
+//! - `sweeper`: the background task that evicts;
+//! - `inflight`: concurrency limits (`in_flight: N`), slots held per attempt.
 //!
 //! Must not: see or store an API key (only [`KeySource::key_of`]'s keyed hash), build
 //! responses, or make a decision dearer than one map lookup, one clock reading and one
@@ -26,6 +27,7 @@
 mod clock;
 mod counters;
 mod gcra;
+mod inflight;
 mod keys;
 mod limiter;
 mod pauses;
@@ -42,6 +44,7 @@ mod verdict;
 pub use clock::TokioClock;
 pub use counters::LimitMetrics;
 pub use gcra::{decide, Bucket, Decision, KeyState, Shape, TxStore};
+pub use inflight::{Full, InFlight, SlotSpec, Slots};
 pub use keys::KeySource;
 pub use limiter::Limiter;
 pub use pauses::UNHINTED_PAUSE;

@@ -54,6 +54,9 @@ pub struct Attempt {
     pub observed: bool,
     /// The vendor's status on the last attempt that answered.
     pub status: Option<u16>,
+    /// The concurrency slots taken for the next attempt, which holds them while it runs
+    /// (boxed: most requests have none, and the context is moved with every request).
+    pub slots: Option<Box<crate::limits::Slots>>,
 }
 
 /// What the app was answered.

@@ -188,6 +188,19 @@ impl Exchange {
             Ok(b) => b,
             Err(e) => return Box::pin(respond::failure(session, ctx, vendor, e.into())).await,
         };
+        // Concurrency slots are taken once the body is in hand (a slow upload holds none),
+        // for the first attempt; a retry takes its own.
+        if vendor.in_flight.applies(ctx.route.endpoint) {
+            let (key, ep) = (ctx.route.limit_key, ctx.route.endpoint);
+            match Box::pin(vendor.in_flight.acquire(key, ep, deadline.into(), |_| {})).await {
+                Ok(slots) => ctx.attempt.slots = Some(Box::new(slots)),
+                Err(full) => {
+                    let env =
+                        Envelope::concurrency_limited(&full, &vendor.cfg.name, &ctx.request.id);
+                    return Box::pin(respond::envelope(session, ctx, vendor, env, &[])).await;
+                }
+            }
+        }
         vendor.retry_budget.request(retry::now());
         loop {
             ctx.attempt.elapsed = None;
@@ -358,6 +371,15 @@ impl Exchange {
         };
         let admitted = tokio::time::timeout_at(until, both).await;
         let stop = match admitted {
+            Ok(Verdict::Allow) if vendor.in_flight.applies(ep) => {
+                match Box::pin(vendor.in_flight.acquire(key, ep, until, |_| {})).await {
+                    Ok(slots) => {
+                        ctx.attempt.slots = Some(Box::new(slots));
+                        return Hold::Go;
+                    }
+                    Err(_) => GiveUp::RateLimit,
+                }
+            }
             Ok(Verdict::Allow) => return Hold::Go,
             Ok(Verdict::Reject(_)) => GiveUp::RateLimit,
             Err(_elapsed) => GiveUp::Deadline,
@@ -378,6 +400,8 @@ impl Exchange {
         let cfg = &vendor.cfg;
         let (deadline, budget) = (ctx.request.deadline, ctx.request.budget);
         ctx.attempt.sent = false;
+        // Held until this attempt is over: its answer streamed, or its failure known.
+        let _slots = ctx.attempt.slots.take();
         // None left: not an attempt, nothing was tried.
         let left = until(deadline, budget)?;
         // Counted before the lookup: a vendor whose name does not resolve still ends at
@@ -407,6 +431,7 @@ impl Exchange {
         up.set_write_timeout(Some(cfg.timeouts.response.min(until(deadline, budget)?)));
         ctx.attempt.sent = true;
         ctx.attempt.started = Some(Instant::now());
+        let _at_vendor = AtVendor::new(&vendor.latency(ctx.route.endpoint).at_vendor);
         up.write_request_header(req).await?;
         body::send(session, &mut up, body, cfg.max_request_body).await?;
         // The header (past any 1xx) within one timer: the read timeout would restart with
@@ -516,5 +541,21 @@ impl Exchange {
             Upstreams::release(up, peer, cfg.timeouts.idle);
         }
         Ok(reply)
+    }
+}
+
+/// Counts a request in `switchboard_inflight` while it is at the vendor.
+struct AtVendor<'a>(&'a prometheus::IntGauge);
+
+impl<'a> AtVendor<'a> {
+    fn new(g: &'a prometheus::IntGauge) -> Self {
+        g.inc();
+        AtVendor(g)
+    }
+}
+
+impl Drop for AtVendor<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -26,7 +26,7 @@ use pingora::{Error, ErrorType, Result};
 use crate::config::Vendor;
 use crate::http::{headers, upstream};
 use crate::lifecycle::Lifecycle;
-use crate::limits::{BucketSpec, KeySource, Limiter, SharedLimits};
+use crate::limits::{BucketSpec, InFlight, KeySource, Limiter, SharedLimits};
 use crate::metrics::{method_label, Latency, Metrics};
 use crate::normalize::transport;
 use crate::reload::Active;
@@ -43,6 +43,8 @@ pub struct VendorRuntime {
     pub resolver: Arc<Resolver>,
     /// Rate limits decided by this pod alone.
     pub limits: Arc<Limiter>,
+    /// Concurrency limits (`in_flight`), this pod's requests.
+    pub in_flight: InFlight,
     /// Limits marked `shared`, decided for the fleet in the quota store.
     pub shared: Option<SharedLimits>,
     /// Retry budget.
@@ -125,6 +127,16 @@ impl VendorRuntime {
         if let Some(before) = previous {
             before.limits.hand_over(&limits);
         }
+        let slot_specs: Vec<_> = cfg.endpoints.iter().map(|e| e.in_flight.clone()).collect();
+        let mut in_flight = InFlight::new(
+            &cfg.in_flight,
+            &slot_specs,
+            &names,
+            Some(&metrics.limits(&cfg.name)),
+        );
+        if let Some(before) = previous {
+            in_flight = in_flight.taking_over(&before.in_flight);
+        }
         let p = &cfg.retry;
         let retry_budget = crate::retry::Budget::new(p.budget_ratio, p.budget_min_per_second);
         let retry_queue = tokio::sync::Semaphore::new(p.queue);
@@ -139,6 +151,7 @@ impl VendorRuntime {
             router,
             resolver,
             limits,
+            in_flight,
             shared,
             retry_budget,
             retry_queue,

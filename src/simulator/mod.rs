@@ -67,7 +67,27 @@ struct State {
     windows: Mutex<std::collections::HashMap<(usize, String), std::collections::VecDeque<Instant>>>,
     /// Requests answered over a limit.
     limited: AtomicUsize,
+    /// Requests received and not yet answered, and the most there ever were at once.
+    active: AtomicUsize,
+    max_active: AtomicUsize,
     quiet: bool,
+}
+
+/// Counts one request as being answered while it lives.
+struct Answering<'a>(&'a State);
+
+impl<'a> Answering<'a> {
+    fn new(st: &'a State) -> Self {
+        let now = st.active.fetch_add(1, Ordering::SeqCst) + 1;
+        st.max_active.fetch_max(now, Ordering::SeqCst);
+        Answering(st)
+    }
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A running simulator. Dropping it stops accepting new connections.
@@ -116,6 +136,8 @@ impl Simulator {
             closed: AtomicUsize::new(0),
             windows: Mutex::new(std::collections::HashMap::new()),
             limited: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            max_active: AtomicUsize::new(0),
             quiet,
         });
         let st = state.clone();
@@ -164,6 +186,17 @@ impl Simulator {
     /// How many requests the scenario's rate limits refused (the vendor 429s).
     pub fn limited(&self) -> usize {
         self.state.limited.load(Ordering::SeqCst)
+    }
+
+    /// The most requests the simulator was answering at once (received, answer not yet
+    /// written), since it started.
+    pub fn max_concurrent(&self) -> usize {
+        self.state.max_active.load(Ordering::SeqCst)
+    }
+
+    /// Requests received whose answer is not yet written.
+    pub fn active(&self) -> usize {
+        self.state.active.load(Ordering::SeqCst)
     }
 
     /// How many connections were accepted (to see upstream keep-alive at work).
@@ -261,6 +294,7 @@ async fn serve_conn<S: Conn>(mut stream: S, st: Arc<State>) -> std::io::Result<(
             );
         }
         lock(&st.log).push(rec.clone());
+        let _answering = Answering::new(&st);
         let delay = step.delay();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
