@@ -1,7 +1,8 @@
 //! One limiter decision as the proxy makes it (`Limiter::admit`: key table lookup, two
 //! buckets — key-wide + endpoint — all-or-nothing) at 1, 10k and 100k live keys, on 1 and 2
 //! threads, against a naive `Mutex<HashMap>` GCRA (SPEC target: ≤ 200 ns at 100k). Also the
-//! cost of deriving the bucket key from the `Authorization` header.
+//! cost of deriving the bucket key from the `Authorization` header, and of reading a request's
+//! token cost (SMS segments × recipients) from its body.
 //!
 //! Run: `cargo bench --bench limits`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -17,7 +18,9 @@ use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use switchboard::limits::{BucketSpec, KeySource, Limiter, Mode, Scope, Shape, Verdict};
+use switchboard::limits::{
+    cost, BucketSpec, CostSpec, KeySource, Limiter, Mode, Scope, Shape, Verdict,
+};
 
 const SHAPE: Shape = Shape {
     rate: 1_000_000,
@@ -139,6 +142,36 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// `limits::cost` on an SMS send whose text is 160 characters (the most one GSM-7 part holds),
+/// as JSON and as the form Twilio's API takes.
+fn bench_cost(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cost");
+    let spec = CostSpec {
+        segments: Some("/Body".into()),
+        recipients: Some("/To".into()),
+    };
+    let text = "Your verification code is 482913. It expires in 10 minutes. \
+                Do not share this code with anyone; we will never ask for it. Reply STOP to opt out.";
+    let text = format!("{text:.<160}");
+    assert_eq!(text.chars().count(), 160);
+    let json = serde_json::json!({ "From": "+15557654321", "To": ["+15551234567"], "Body": text })
+        .to_string();
+    assert_eq!(cost(&spec, "application/json", json.as_bytes()), Ok(1));
+    g.bench_function("json_160", |b| {
+        b.iter(|| black_box(cost(&spec, "application/json", black_box(json.as_bytes()))))
+    });
+    let form = format!(
+        "From=%2B15557654321&To=%2B15551234567&Body={}",
+        text.replace(' ', "+")
+    );
+    let ct = "application/x-www-form-urlencoded";
+    assert_eq!(cost(&spec, ct, form.as_bytes()), Ok(1));
+    g.bench_function("form_160", |b| {
+        b.iter(|| black_box(cost(&spec, ct, black_box(form.as_bytes()))))
+    });
+    g.finish();
+}
+
 /// Runs `iters` decisions on each of `threads` threads; the wall time per decision per thread.
 fn run(threads: usize, iters: u64, f: impl Fn(u64) + Sync) -> Duration {
     let start = Instant::now();
@@ -155,5 +188,5 @@ fn run(threads: usize, iters: u64, f: impl Fn(u64) + Sync) -> Duration {
     start.elapsed()
 }
 
-criterion_group! { name = benches; config = common::config(); targets = bench }
+criterion_group! { name = benches; config = common::config(); targets = bench, bench_cost }
 criterion_main!(benches);

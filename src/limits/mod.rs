@@ -25,6 +25,7 @@
 //! stricter than the configured limit, never looser.
 
 mod clock;
+mod cost;
 mod counters;
 mod gcra;
 mod inflight;
@@ -42,6 +43,7 @@ mod testing;
 mod verdict;
 
 pub use clock::TokioClock;
+pub use cost::{cost, recipients, segments, CostSpec, Unreadable};
 pub use counters::LimitMetrics;
 pub use gcra::{decide, Bucket, Decision, KeyState, Shape, TxStore};
 pub use inflight::{Full, InFlight, SlotSpec, Slots};
