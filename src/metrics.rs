@@ -52,6 +52,8 @@ pub struct Metrics {
     pub ratelimit_keys: IntGaugeVec,
     /// `switchboard_inflight{vendor,endpoint}`
     pub inflight: IntGaugeVec,
+    /// `switchboard_cost_unreadable_total{vendor,endpoint}`
+    pub cost_unreadable: IntCounterVec,
     /// `switchboard_upstream_attempts_total{vendor,endpoint,status}`
     pub upstream_attempts: IntCounterVec,
     /// `switchboard_retries_total{vendor,endpoint,reason}`
@@ -185,6 +187,11 @@ impl Metrics {
             "API keys with live rate-limit state",
             &["vendor"],
         )?;
+        let cost_unreadable = counter(
+            "switchboard_cost_unreadable_total",
+            "Requests on an endpoint with a cost whose body could not be read for it (charged 1 token)",
+            &["vendor", "endpoint"],
+        )?;
         let inflight = gauge(
             "switchboard_inflight",
             "Requests at the vendor now: sent, their answer not yet complete",
@@ -271,6 +278,7 @@ impl Metrics {
             queue_depth,
             ratelimit_keys,
             inflight,
+            cost_unreadable,
             upstream_attempts,
             retries,
             retry_giveups,

@@ -236,6 +236,7 @@ mod tests {
             methods: methods.iter().map(|m| m.to_string()).collect(),
             limits: Vec::new(),
             in_flight: Vec::new(),
+            cost: None,
         }
     }
 

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::raw::*;
 use crate::diag::{parse_duration, parse_size, typed, Problems};
-use crate::limits::{BucketSpec, Mode, Scope, Shape, SlotSpec};
+use crate::limits::{BucketSpec, CostSpec, Mode, Scope, Shape, SlotSpec};
 use crate::normalize::Profile;
 use crate::retry::Policy;
 
@@ -210,6 +210,8 @@ pub struct Endpoint {
     pub limits: Vec<BucketSpec>,
     /// Concurrency limits on this endpoint's requests (on top of the vendor-wide ones).
     pub in_flight: Vec<SlotSpec>,
+    /// What one request costs in tokens, read from its body (`None`: one token).
+    pub cost: Option<CostSpec>,
 }
 
 /// Label used for requests that match no endpoint.
@@ -411,12 +413,36 @@ fn vendor(
             }
         }
         let (limits, in_flight) = limit_list(&e.limits, &format!("{ep}.limits"), p);
+        let cost = e.cost.as_ref().and_then(|c| {
+            let mut pointer = |v: &Option<String>, name: &str| match v {
+                Some(ptr) if !ptr.starts_with('/') => {
+                    p.push(
+                        format!("{ep}.cost.{name}"),
+                        format!("invalid JSON pointer {ptr:?} (must start with /, e.g. /Body)"),
+                    );
+                    None
+                }
+                other => other.clone(),
+            };
+            let spec = CostSpec {
+                segments: pointer(&c.segments, "segments"),
+                recipients: pointer(&c.recipients, "recipients"),
+            };
+            if spec.segments.is_none() && spec.recipients.is_none() {
+                p.push(
+                    format!("{ep}.cost"),
+                    "a cost names segments, recipients or both (JSON pointers into the body)",
+                );
+            }
+            (spec != CostSpec::default()).then_some(spec)
+        });
         endpoints.push(Endpoint {
             name: e.name.clone(),
             path_prefix: e.matcher.path_prefix.clone(),
             methods,
             limits,
             in_flight,
+            cost,
         });
     }
     let max_request_body = match raw.max_request_body.as_ref().map(parse_size) {

@@ -159,6 +159,14 @@ pub struct RawEndpoint {
     pub matcher: RawMatch,
     #[serde(default)]
     pub limits: Vec<RawLimit>,
+    pub cost: Option<RawCost>,
+}
+
+/// `vendors[].endpoints[].cost`: JSON pointers into the request body.
+#[derive(Debug, Deserialize)]
+pub struct RawCost {
+    pub segments: Option<String>,
+    pub recipients: Option<String>,
 }
 
 /// `vendors[].endpoints[].match`

@@ -174,6 +174,11 @@ impl<C: Clock + Clone> Bucket<C> {
 }
 
 impl<C: Clock> Bucket<C> {
+    /// The time the whole burst takes to come back (`burst × interval`).
+    pub fn window(&self) -> Duration {
+        Duration::from_nanos(self.capacity_ns)
+    }
+
     /// Now, in ns since the epoch.
     pub fn now(&self) -> u64 {
         u64::from(self.clock.now().duration_since(self.epoch))
@@ -268,6 +273,14 @@ struct Pending {
 
 /// Takes one token from every `(bucket, key state)` if all have one, else none.
 pub fn decide<C: Clock>(checks: &[(&Bucket<C>, &KeyState)]) -> Decision {
+    decide_n(checks, 1)
+}
+
+/// Takes `cost` tokens from every `(bucket, key state)` if all have them, else none. A cost
+/// above a bucket's burst can never be had: that bucket denies for its whole window (callers
+/// refuse such a request before asking, so this is the reload edge, not the path).
+pub fn decide_n<C: Clock>(checks: &[(&Bucket<C>, &KeyState)], cost: u32) -> Decision {
+    let many = NonZeroU32::new(cost).filter(|n| n.get() > 1);
     loop {
         let mut pending: SmallVec<[Pending; 8]> = SmallVec::new();
         let mut denials = Denials::default();
@@ -283,11 +296,21 @@ pub fn decide<C: Clock>(checks: &[(&Bucket<C>, &KeyState)]) -> Decision {
                     new: old,
                 })
             });
-            let checked = bucket.limiter.check();
+            // One token by the plain check, as before costs existed: the common case.
+            let checked = match many {
+                None => bucket.limiter.check().map_err(Some),
+                Some(n) => match bucket.limiter.check_n(n) {
+                    Ok(r) => r.map_err(Some),
+                    Err(_too_many) => Err(None),
+                },
+            };
             let tx = TX.with(|t| t.replace(Tx::default()));
             match checked {
                 Ok(()) => pending.push(Pending { old, new: tx.new }),
-                Err(not_until) => denials.deny(i, not_until.wait_time_from(bucket.clock.now())),
+                Err(Some(not_until)) => {
+                    denials.deny(i, not_until.wait_time_from(bucket.clock.now()))
+                }
+                Err(None) => denials.deny(i, bucket.window()),
             }
         }
         if let Some(deny) = denials.decision() {

@@ -23,7 +23,7 @@ use super::plan::{Plan, Plans};
 use super::queue::Lines;
 use super::table::KeyTable;
 use super::{
-    decide, Bucket, BucketSpec, Decision, KeySource, KeyState, LimitMetrics, Scope, TokioClock,
+    decide_n, Bucket, BucketSpec, Decision, KeySource, KeyState, LimitMetrics, Scope, TokioClock,
     Verdict,
 };
 
@@ -114,7 +114,7 @@ impl Limiter {
     }
 
     /// The decision, pauses first: a paused bucket denies without looking at tokens.
-    fn decide_plan(&self, plan: &Plan, id: u64, key: &KeyState, now: u64) -> Decision {
+    fn decide_plan(&self, plan: &Plan, id: u64, key: &KeyState, now: u64, cost: u32) -> Decision {
         if let Some(deny) = self.pauses.held(&self.plans, plan, id, now) {
             return deny;
         }
@@ -130,55 +130,77 @@ impl Limiter {
                 (&rt.bucket, k)
             })
             .collect();
-        decide(&checks)
+        decide_n(&checks, cost)
     }
 
     /// Shadow buckets take a token when they have one and count when they would have
     /// rejected; they never hold the request.
-    fn shadow(&self, ep: usize, plan: &Plan, key: &KeyState) {
+    fn shadow(&self, ep: usize, plan: &Plan, key: &KeyState, cost: u32) {
         for &i in &plan.shadow {
             let rt = &self.plans.buckets[i];
             let k = match rt.spec.scope {
                 Scope::Key => key,
                 Scope::Global => &self.global,
             };
-            if decide(&[(&rt.bucket, k)]) != Decision::Allow {
+            if decide_n(&[(&rt.bucket, k)], cost) != Decision::Allow {
                 self.counters
                     .count(ep, rt.spec.scope, Counted::ShadowRejected);
             }
         }
     }
 
+    /// The most tokens one request of endpoint `ep` can ever take: the smallest `burst` of
+    /// the buckets it is decided by (`None` when it has none).
+    pub fn most_cost(&self, ep: usize) -> Option<u32> {
+        let plan = self.plans.endpoint(ep)?;
+        plan.enforce
+            .iter()
+            .map(|&i| self.plans.buckets[i].spec.shape.burst)
+            .min()
+    }
+
     /// Decides for one request of `key` (from [`KeySource::key_of`]) on endpoint `ep`,
     /// waiting in line when the denying buckets queue.
     pub async fn admit(&self, key: u64, ep: usize) -> Verdict {
+        self.admit_n(key, ep, 1).await
+    }
+
+    /// [`Limiter::admit`] for a request that costs `cost` tokens of each bucket (SMS
+    /// segments × recipients), all or nothing.
+    pub async fn admit_n(&self, key: u64, ep: usize, cost: u32) -> Verdict {
         let Some(plan) = self.plans.endpoint(ep) else {
             return Verdict::Allow;
         };
         if plan.enforce.is_empty() && plan.shadow.is_empty() {
             return Verdict::Allow;
         }
-        match self.first_look(key, ep, plan) {
+        match self.first_look(key, ep, plan, cost) {
             Ok(v) => v,
             // Boxed: the waiting state is large and rarely needed; unboxed it would be moved
             // with every decision's future.
-            Err(terms) => Box::pin(self.wait_in_line(key, ep, plan, terms)).await,
+            Err(terms) => Box::pin(self.wait_in_line(key, ep, plan, terms, cost)).await,
         }
     }
 
     /// The synchronous part of [`Limiter::admit`], on one clock reading: a verdict, or the
     /// queue terms to wait under.
-    fn first_look(&self, key: u64, ep: usize, plan: &Plan) -> Result<Verdict, (Duration, usize)> {
+    fn first_look(
+        &self,
+        key: u64,
+        ep: usize,
+        plan: &Plan,
+        cost: u32,
+    ) -> Result<Verdict, (Duration, usize)> {
         let frozen = Frozen::now();
         let decision = self.with_key(plan, key, frozen.nanos(), |k| {
-            self.shadow(ep, plan, k);
+            self.shadow(ep, plan, k, cost);
             // Requests already waiting for this key and endpoint go first.
             if plan.queueable && self.lines.waiting(key, ep) {
                 if let Some(terms) = self.plans.queue_terms(plan, u64::MAX) {
                     return Err(terms);
                 }
             }
-            Ok(self.decide_plan(plan, key, k, frozen.nanos()))
+            Ok(self.decide_plan(plan, key, k, frozen.nanos(), cost))
         })?;
         match decision {
             Decision::Allow => {
@@ -213,6 +235,7 @@ impl Limiter {
         ep: usize,
         plan: &Plan,
         (max_wait, max_waiters): (Duration, usize),
+        cost: u32,
     ) -> Verdict {
         let deadline = tokio::time::Instant::now() + max_wait;
         let mut place = self.lines.join(key, ep);
@@ -242,7 +265,7 @@ impl Limiter {
                 let decision = {
                     let frozen = Frozen::now();
                     let now = frozen.nanos();
-                    lim.with_key(p, key, now, |k| lim.decide_plan(p, key, k, now))
+                    lim.with_key(p, key, now, |k| lim.decide_plan(p, key, k, now, cost))
                 };
                 match decision {
                     Decision::Allow => return Verdict::Allow,

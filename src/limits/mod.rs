@@ -45,7 +45,7 @@ mod verdict;
 pub use clock::TokioClock;
 pub use cost::{cost, recipients, segments, CostSpec, Unreadable};
 pub use counters::LimitMetrics;
-pub use gcra::{decide, Bucket, Decision, KeyState, Shape, TxStore};
+pub use gcra::{decide, decide_n, Bucket, Decision, KeyState, Shape, TxStore};
 pub use inflight::{Full, InFlight, SlotSpec, Slots};
 pub use keys::KeySource;
 pub use limiter::Limiter;

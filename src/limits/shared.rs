@@ -281,12 +281,22 @@ impl SharedLimits {
     }
 
     /// Decides on the local share alone, remembering that this pod did.
-    async fn alone(&self, key: u64, ep: usize) -> Verdict {
+    async fn alone(&self, key: u64, ep: usize, cost: u32) -> Verdict {
         let period = self.store.shared_period() + 1;
         if self.alone_before.load(Ordering::Relaxed) != period {
             self.alone_before.store(period, Ordering::Relaxed);
         }
-        self.local.limiter().admit(key, ep).await
+        self.local.limiter().admit_n(key, ep, cost).await
+    }
+
+    /// The most tokens one request of endpoint `ep` can ever take: the smallest `burst` of
+    /// its shared buckets (`None` when it has none).
+    pub fn most_cost(&self, ep: usize) -> Option<u32> {
+        self.by_endpoint
+            .get(ep)?
+            .iter()
+            .map(|t| t.spec.shape.burst)
+            .min()
     }
 
     /// True for the longest window after the store came back, when this pod decided alone
@@ -317,14 +327,25 @@ impl SharedLimits {
     /// local share's when the store cannot answer in time. `key` is the local bucket key
     /// (for the local share).
     pub async fn admit(&self, headers: &http::HeaderMap, key: u64, ep: usize) -> Verdict {
+        self.admit_n(headers, key, ep, 1).await
+    }
+
+    /// [`SharedLimits::admit`] for a request of `cost` tokens of each bucket.
+    pub async fn admit_n(
+        &self,
+        headers: &http::HeaderMap,
+        key: u64,
+        ep: usize,
+        cost: u32,
+    ) -> Verdict {
         let Some(terms) = self.by_endpoint.get(ep).filter(|t| !t.is_empty()) else {
             return Verdict::Allow;
         };
         if self.store.in_fallback() {
-            return self.alone(key, ep).await;
+            return self.alone(key, ep, cost).await;
         }
         if self.recovering() {
-            if let Verdict::Reject(r) = self.local.limiter().admit(key, ep).await {
+            if let Verdict::Reject(r) = self.local.limiter().admit_n(key, ep, cost).await {
                 return Verdict::Reject(r);
             }
         } else {
@@ -341,41 +362,45 @@ impl SharedLimits {
                 Scope::Global => "global",
                 Scope::Key => account.as_str(),
             };
-            match self.ask(&group, account, (key, ep, scope)).await {
+            match self.ask(&group, account, (key, ep, scope), cost).await {
                 Ok(None) => granted = group,
                 Ok(Some(reject)) => {
                     // All or nothing across both calls: the global tokens go back.
                     if !granted.is_empty() {
-                        self.give_back(&granted, "global").await;
+                        self.give_back(&granted, "global", cost).await;
                     }
                     return Verdict::Reject(reject);
                 }
                 // The store is slow or down: this pod's share decides, for every bucket.
-                Err(()) => return self.alone(key, ep).await,
+                Err(()) => return self.alone(key, ep, cost).await,
             }
         }
         Verdict::Allow
     }
 
-    /// One request's call to the store: `buckets` of `account`, one token each.
+    /// One request's call to the store: `buckets` of `account`, `cost` tokens each.
     fn request<'a>(
         &'a self,
         account: &'a str,
         buckets: &'a [SharedBucket<'a>],
+        cost: u32,
     ) -> SharedRequest<'a> {
         SharedRequest {
             vendor: &self.vendor,
             account,
-            cost: 1,
+            cost: u64::from(cost),
             buckets,
         }
     }
 
     /// Returns what an allowed group took (best effort: a failure leaves it taken, which is
     /// stricter, never looser).
-    async fn give_back(&self, group: &[&Term], account: &str) {
+    async fn give_back(&self, group: &[&Term], account: &str, cost: u32) {
         let buckets = buckets_of(group);
-        let _ = self.store.refund(&self.request(account, &buckets)).await;
+        let _ = self
+            .store
+            .refund(&self.request(account, &buckets, cost))
+            .await;
     }
 
     /// One group's decision: `Ok(None)` allowed, `Ok(Some)` rejected, `Err` no answer. Each
@@ -385,9 +410,10 @@ impl SharedLimits {
         group: &[&Term],
         account: &str,
         (key, ep, scope): (u64, usize, Scope),
+        cost: u32,
     ) -> Result<Option<Reject>, ()> {
         let buckets = buckets_of(group);
-        let req = self.request(account, &buckets);
+        let req = self.request(account, &buckets, cost);
         // Queue mode: the strictest queueing bucket's max_wait bounds the wait in all.
         let queue = group
             .iter()

@@ -37,6 +37,9 @@ pub struct Request {
     pub budget: Duration,
     /// It carried `X-Switchboard-Deadline` (to drop upstream without looking again).
     pub had_deadline: bool,
+    /// Tokens the request takes of each bucket (its `cost`; 1 without one): a retry takes
+    /// as many.
+    pub cost: u32,
 }
 
 /// The current (or last) attempt at the vendor.
@@ -98,6 +101,7 @@ impl Ctx {
                 deadline: Instant::now(),
                 budget: Duration::ZERO,
                 had_deadline: false,
+                cost: 1,
             },
             attempt: Attempt::default(),
             answer: Answer::default(),

@@ -138,6 +138,10 @@ impl Exchange {
             return Some(respond::failure(session, ctx, vendor, Failure::TooLarge(limit)).await);
         }
         let (key, ep) = (ctx.route.limit_key, ctx.route.endpoint);
+        // An endpoint with a cost is decided once its body is read (`run`).
+        if vendor.cost_of(ep).is_some() {
+            return None;
+        }
         let mut verdict = Verdict::Allow;
         if vendor.limits.applies(ep) {
             verdict = vendor.limits.admit(key, ep).await;
@@ -188,6 +192,11 @@ impl Exchange {
             Ok(b) => b,
             Err(e) => return Box::pin(respond::failure(session, ctx, vendor, e.into())).await,
         };
+        if let Some(spec) = vendor.cost_of(ctx.route.endpoint) {
+            if let Some(written) = Box::pin(self.charge(session, ctx, vendor, spec, &body)).await {
+                return written;
+            }
+        }
         // Concurrency slots are taken once the body is in hand (a slow upload holds none),
         // for the first attempt; a retry takes its own.
         if vendor.in_flight.applies(ctx.route.endpoint) {
@@ -298,6 +307,74 @@ impl Exchange {
         }
     }
 
+    /// The rate-limit decision of an endpoint with a cost, on the body just read: what the
+    /// request costs (an unreadable body, or one too large to buffer, costs 1 and is
+    /// counted), refused at once when no bucket could ever hold that many, else taken from
+    /// every bucket, local then shared, all or nothing. `Some` when it was answered here.
+    async fn charge(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        vendor: &VendorRuntime,
+        spec: &crate::limits::CostSpec,
+        body: &RequestBody,
+    ) -> Option<Written> {
+        let (key, ep) = (ctx.route.limit_key, ctx.route.endpoint);
+        let headers = &session.req_header().headers;
+        let content_type = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let read = match body.streaming {
+            // Past the replay buffer: the parse is bounded by it, so the text is not all here.
+            true => Err(crate::limits::Unreadable::Body),
+            false => crate::limits::cost(spec, content_type, &body.buffered),
+        };
+        let cost = read.unwrap_or_else(|_| {
+            if let Some(c) = vendor.cost_unreadable.get(ep) {
+                c.inc();
+            }
+            1
+        });
+        ctx.request.cost = cost;
+        let most = [
+            vendor.limits.most_cost(ep),
+            vendor.shared.as_ref().and_then(|s| s.most_cost(ep)),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if let Some(most) = most.filter(|m| cost > *m) {
+            let env = Envelope::proxy(
+                Code::PayloadTooLarge,
+                format!(
+                    "this request costs {cost} tokens (SMS segments × recipients), more than the {most} its rate limit allows at once (burst): it could never be sent; split it"
+                ),
+                &vendor.cfg.name,
+                &ctx.request.id,
+            );
+            return Some(respond::envelope(session, ctx, vendor, env, &[]).await);
+        }
+        let mut verdict = Verdict::Allow;
+        if vendor.limits.applies(ep) {
+            verdict = vendor.limits.admit_n(key, ep, cost).await;
+        }
+        if let (Verdict::Allow, Some(shared)) = (verdict, &vendor.shared) {
+            if shared.applies(ep) {
+                let headers = &session.req_header().headers;
+                verdict = Box::pin(shared.admit_n(headers, key, ep, cost)).await;
+            }
+        }
+        match verdict {
+            Verdict::Allow => None,
+            Verdict::Reject(r) => {
+                let (env, extra) =
+                    Envelope::rate_limited_locally(&r, &vendor.cfg.name, &ctx.request.id);
+                Some(respond::envelope(session, ctx, vendor, env, &extra).await)
+            }
+        }
+    }
+
     fn count(
         &self,
         family: &prometheus::IntCounterVec,
@@ -360,10 +437,11 @@ impl Exchange {
         let (key, ep) = (ctx.route.limit_key, ctx.route.endpoint);
         let until = ctx.request.deadline.into();
         let headers = &session.req_header().headers;
+        let cost = ctx.request.cost;
         let both = async {
-            match vendor.limits.admit(key, ep).await {
+            match vendor.limits.admit_n(key, ep, cost).await {
                 Verdict::Allow => match &vendor.shared {
-                    Some(shared) => shared.admit(headers, key, ep).await,
+                    Some(shared) => shared.admit_n(headers, key, ep, cost).await,
                     None => Verdict::Allow,
                 },
                 reject => reject,

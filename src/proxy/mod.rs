@@ -45,6 +45,10 @@ pub struct VendorRuntime {
     pub limits: Arc<Limiter>,
     /// Concurrency limits (`in_flight`), this pod's requests.
     pub in_flight: InFlight,
+    /// What a request costs, by endpoint id (`None`: one token; `other` never has one).
+    costs: Vec<Option<crate::limits::CostSpec>>,
+    /// `switchboard_cost_unreadable_total`, by endpoint id.
+    pub(crate) cost_unreadable: Vec<prometheus::IntCounter>,
     /// Limits marked `shared`, decided for the fleet in the quota store.
     pub shared: Option<SharedLimits>,
     /// Retry budget.
@@ -58,6 +62,12 @@ pub struct VendorRuntime {
 }
 
 impl VendorRuntime {
+    /// What a request of endpoint `ep` costs, when its endpoint says.
+    #[inline]
+    pub fn cost_of(&self, ep: crate::routing::EndpointId) -> Option<&crate::limits::CostSpec> {
+        self.costs.get(ep).and_then(Option::as_ref)
+    }
+
     /// The latency histograms of an endpoint (`other` for an unknown id).
     pub fn latency(&self, endpoint: crate::routing::EndpointId) -> &Latency {
         let last = self.latency.len() - 1; // never empty: `other` is always there
@@ -144,6 +154,11 @@ impl VendorRuntime {
         let host = http::HeaderValue::from_str(&cfg.upstream.authority)
             .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
         let latency = metrics.latency(&cfg.name, router.names());
+        let costs = cfg.endpoints.iter().map(|e| e.cost.clone()).collect();
+        let cost_unreadable = router
+            .names()
+            .map(|e| metrics.cost_unreadable.with_label_values(&[&cfg.name, e]))
+            .collect();
         VendorRuntime {
             latency,
             host,
@@ -152,6 +167,8 @@ impl VendorRuntime {
             resolver,
             limits,
             in_flight,
+            costs,
+            cost_unreadable,
             shared,
             retry_budget,
             retry_queue,
