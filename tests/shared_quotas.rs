@@ -9,7 +9,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::redis::{one_fleet_at_a_time, Redis};
+use support::redis::{fleet, one_fleet_at_a_time, Redis};
 use support::*;
 
 /// Sends `POST /v1/calls` for `key` as fast as answers come back until `until`, pausing
@@ -59,20 +59,6 @@ async fn timed_hammer_at(
         }
     }
     seen
-}
-
-/// `n` Switchboard processes in front of `upstream`, each with the top-level `store`
-/// section and `extra` under the vendor entry.
-fn fleet(n: usize, store: &str, upstream: &str, extra: &str) -> Vec<(Sb, u16)> {
-    (0..n)
-        .map(|_| {
-            let port = free_port();
-            (
-                Sb::start_top(store, &vendor_yaml("tryvox", port, upstream, extra)),
-                port,
-            )
-        })
-        .collect()
 }
 
 /// A fresh Redis, the simulator running `scenario`, and `n` pods with `extra` under the

@@ -713,10 +713,10 @@ fn in_flight(raw: &RawLimit, path: &str, p: &mut Problems) -> Option<SlotSpec> {
             );
         }
     }
-    if raw.shared {
+    if raw.shared && raw.shadow {
         p.push(
             format!("{path}.shared"),
-            "shared in_flight limits are not built yet (issue 16): this pod can count only its own requests; drop shared: true",
+            "a shared limit cannot be shadow (shadow limits are counted per pod)",
         );
     }
     let (scope, mode, max_wait, max_waiters) = admission(raw, path, p);
@@ -727,6 +727,7 @@ fn in_flight(raw: &RawLimit, path: &str, p: &mut Problems) -> Option<SlotSpec> {
         max_wait,
         max_waiters,
         shadow: raw.shadow,
+        shared: raw.shared,
     })
 }
 

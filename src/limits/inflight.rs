@@ -44,6 +44,8 @@ pub struct SlotSpec {
     pub max_waiters: usize,
     /// Count what would be refused, never block.
     pub shadow: bool,
+    /// Counted for the whole fleet in the quota store (a lease per attempt), not here.
+    pub shared: bool,
 }
 
 /// Why no slot was given.
@@ -212,6 +214,9 @@ impl InFlight {
         until: Instant,
         shadow_full: impl FnMut(Full),
     ) -> Result<Slots, Full> {
+        if !self.applies(ep) {
+            return Ok(Slots::none());
+        }
         let scope = self
             .by_endpoint
             .get(ep)
@@ -219,13 +224,7 @@ impl InFlight {
             .map_or(Scope::Key, |&i| self.buckets[i].spec.scope);
         let mut queued = false;
         let got = self.take(key, ep, until, shadow_full, &mut queued).await;
-        if queued {
-            self.counters.count(ep, scope, Counted::Queued);
-        }
-        match &got {
-            Ok(_) => self.counters.count(ep, scope, Counted::Allowed),
-            Err(full) => self.counters.count(ep, full.scope, Counted::Rejected),
-        }
+        count_outcome(&self.counters, ep, scope, queued, &got);
         got
     }
 
@@ -315,6 +314,24 @@ impl InFlight {
     }
 }
 
+/// Counts one request's concurrency decision: `queued` when it waited, then `allowed` (under
+/// `scope`) or `rejected` (under the full bucket's scope).
+pub(super) fn count_outcome<T>(
+    counters: &Counters,
+    ep: usize,
+    scope: Scope,
+    queued: bool,
+    got: &Result<T, Full>,
+) {
+    if queued {
+        counters.count(ep, scope, Counted::Queued);
+    }
+    match got {
+        Ok(_) => counters.count(ep, scope, Counted::Allowed),
+        Err(full) => counters.count(ep, full.scope, Counted::Rejected),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,6 +344,7 @@ mod tests {
             max_wait: Duration::from_secs(5),
             max_waiters: 100,
             shadow: false,
+            shared: false,
         }
     }
 

@@ -59,7 +59,7 @@ pub struct Attempt {
     pub status: Option<u16>,
     /// The concurrency slots taken for the next attempt, which holds them while it runs
     /// (boxed: most requests have none, and the context is moved with every request).
-    pub slots: Option<Box<crate::limits::Slots>>,
+    pub slots: Option<Box<crate::limits::Held>>,
 }
 
 /// What the app was answered.

@@ -199,10 +199,9 @@ impl Exchange {
         }
         // Concurrency slots are taken once the body is in hand (a slow upload holds none),
         // for the first attempt; a retry takes its own.
-        if vendor.in_flight.applies(ctx.route.endpoint) {
-            let (key, ep) = (ctx.route.limit_key, ctx.route.endpoint);
-            match Box::pin(vendor.in_flight.acquire(key, ep, deadline.into(), |_| {})).await {
-                Ok(slots) => ctx.attempt.slots = Some(Box::new(slots)),
+        if has_slots(vendor, ctx.route.endpoint) {
+            match Box::pin(take_slots(session, ctx, vendor, deadline.into())).await {
+                Ok(held) => ctx.attempt.slots = held,
                 Err(full) => {
                     let env =
                         Envelope::concurrency_limited(&full, &vendor.cfg.name, &ctx.request.id);
@@ -449,10 +448,10 @@ impl Exchange {
         };
         let admitted = tokio::time::timeout_at(until, both).await;
         let stop = match admitted {
-            Ok(Verdict::Allow) if vendor.in_flight.applies(ep) => {
-                match Box::pin(vendor.in_flight.acquire(key, ep, until, |_| {})).await {
-                    Ok(slots) => {
-                        ctx.attempt.slots = Some(Box::new(slots));
+            Ok(Verdict::Allow) if has_slots(vendor, ep) => {
+                match Box::pin(take_slots(session, ctx, vendor, until)).await {
+                    Ok(held) => {
+                        ctx.attempt.slots = held;
                         return Hold::Go;
                     }
                     Err(_) => GiveUp::RateLimit,
@@ -636,4 +635,30 @@ impl Drop for AtVendor<'_> {
     fn drop(&mut self) {
         self.0.dec();
     }
+}
+
+/// Whether endpoint `ep` has a concurrency limit, this pod's or the fleet's.
+#[inline]
+fn has_slots(vendor: &VendorRuntime, ep: usize) -> bool {
+    vendor.in_flight.applies(ep) || vendor.shared_slots.as_ref().is_some_and(|s| s.applies(ep))
+}
+
+/// The concurrency slots of one attempt, all or nothing: this pod's, then the fleet's leases
+/// (a full fleet bucket gives this pod's slots back), waiting no later than `until`.
+async fn take_slots(
+    session: &Session,
+    ctx: &Ctx,
+    vendor: &VendorRuntime,
+    until: tokio::time::Instant,
+) -> Result<Option<Box<crate::limits::Held>>, crate::limits::Full> {
+    let (key, ep) = (ctx.route.limit_key, ctx.route.endpoint);
+    let local = vendor.in_flight.acquire(key, ep, until, |_| {}).await?;
+    let fleet = match vendor.shared_slots.as_ref().filter(|s| s.applies(ep)) {
+        Some(shared) => {
+            let headers = &session.req_header().headers;
+            Some(shared.acquire(headers, key, ep, until).await?)
+        }
+        None => None,
+    };
+    Ok(Some(Box::new(crate::limits::Held { local, fleet })))
 }

@@ -45,6 +45,8 @@ pub struct VendorRuntime {
     pub limits: Arc<Limiter>,
     /// Concurrency limits (`in_flight`), this pod's requests.
     pub in_flight: InFlight,
+    /// Concurrency limits marked `shared`, leased for the fleet in the quota store.
+    pub shared_slots: Option<crate::limits::SharedSlots>,
     /// What a request costs, by endpoint id (`None`: one token; `other` never has one).
     costs: Vec<Option<crate::limits::CostSpec>>,
     /// `switchboard_cost_unreadable_total`, by endpoint id.
@@ -138,12 +140,28 @@ impl VendorRuntime {
             before.limits.hand_over(&limits);
         }
         let slot_specs: Vec<_> = cfg.endpoints.iter().map(|e| e.in_flight.clone()).collect();
+        let own_slots = |l: &[crate::limits::SlotSpec]| -> Vec<crate::limits::SlotSpec> {
+            l.iter().filter(|s| !s.shared).cloned().collect()
+        };
         let mut in_flight = InFlight::new(
-            &cfg.in_flight,
-            &slot_specs,
+            &own_slots(&cfg.in_flight),
+            &slot_specs.iter().map(|e| own_slots(e)).collect::<Vec<_>>(),
             &names,
             Some(&metrics.limits(&cfg.name)),
         );
+        let shared_slots = quota.and_then(|q| {
+            crate::limits::SharedSlots::new(
+                q.store.clone(),
+                &cfg.name,
+                q.secret.clone(),
+                limits.source.clone(),
+                &cfg.in_flight,
+                &slot_specs,
+                &names,
+                q.expected_replicas,
+                Some(&metrics.limits(&cfg.name)),
+            )
+        });
         if let Some(before) = previous {
             in_flight = in_flight.taking_over(&before.in_flight);
         }
@@ -167,6 +185,7 @@ impl VendorRuntime {
             resolver,
             limits,
             in_flight,
+            shared_slots,
             costs,
             cost_unreadable,
             shared,

@@ -229,6 +229,12 @@ pub fn bucket_key(vendor: &str, account: &str, bucket: &str) -> String {
     format!("sb:{{{vendor}:{account}}}:{bucket}")
 }
 
+/// The Redis key of a concurrency bucket's lease set: `sb:{<vendor>:<account>}:lease:<bucket>`
+/// (the account's hash tag: one Cluster slot with its other keys).
+pub fn lease_key(vendor: &str, account: &str, bucket: &str) -> String {
+    bucket_key(vendor, account, &format!("lease:{bucket}"))
+}
+
 /// The Redis key of an account's fleet-wide pause: `sb:{<vendor>:<account>}:pause`.
 pub fn pause_key(vendor: &str, account: &str) -> String {
     bucket_key(vendor, account, "pause")
@@ -297,6 +303,7 @@ struct Inner {
     pause: Lua,
     refund: Lua,
     heartbeat: Lua,
+    lease: Lua,
 }
 
 impl Inner {
@@ -467,6 +474,7 @@ impl QuotaStore {
             decide: Lua::new(include_str!("decide.lua")),
             pause: Lua::new(include_str!("pause.lua")),
             refund: Lua::new(include_str!("refund.lua")),
+            lease: Lua::new(include_str!("lease.lua")),
             heartbeat: Lua::new(include_str!("heartbeat.lua")),
         });
         let (stop, stopped) = oneshot::channel::<()>();
@@ -588,6 +596,53 @@ impl QuotaStore {
         .map(|_| ())
     }
 
+    /// One concurrency lease on the fleet-wide bucket `bucket` of `account`: granted while
+    /// fewer than `max` live leases are held, living at most `ttl` (the attempt's deadline),
+    /// so a pod that dies holding one leaks nothing for longer. Same deadline and breaker as a
+    /// decision.
+    pub async fn lease(
+        &self,
+        vendor: &str,
+        account: &str,
+        bucket: &str,
+        max: u32,
+        id: &str,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        let keys = [lease_key(vendor, account, bucket)];
+        let ttl_us = u64::try_from(ttl.as_micros()).unwrap_or(u64::MAX).max(1);
+        let args = (max, id.to_string(), ttl_us);
+        let reply = self
+            .round_trip(move |inner, mut conn| async move {
+                inner.lease.run(&mut conn, &keys, &args).await
+            })
+            .await?;
+        let Value::Array(items) = &reply else {
+            return Err(StoreError::Script);
+        };
+        match items.as_slice() {
+            [Value::Int(1), ..] => Ok(Lease::Granted),
+            [Value::Int(0), Value::Int(wait), ..] => Ok(Lease::Full(Duration::from_micros(
+                u64::try_from(*wait).unwrap_or(1),
+            ))),
+            _ => Err(StoreError::Script),
+        }
+    }
+
+    /// Gives a lease back, in the background (the caller is a guard's `drop`): best effort,
+    /// as a lease not given back expires at its deadline anyway.
+    pub fn release(&self, vendor: &str, account: &str, bucket: &str, id: &str) {
+        let (Some(rt), Some(mut conn)) = (&self.rt, self.inner.conn()) else {
+            return;
+        };
+        let mut cmd = redis::cmd("ZREM");
+        cmd.arg(lease_key(vendor, account, bucket)).arg(id);
+        let deadline = BACKGROUND_DEADLINE.max(self.inner.settings.timeout);
+        rt.spawn(async move {
+            let _ = tokio::time::timeout(deadline, conn.query::<Value>(&cmd)).await;
+        });
+    }
+
     /// Fleet-wide pause: every bucket of `account` in `vendor` answers `Wait` until `for_`
     /// has passed (a longer pause already set is kept). Same deadline and breaker as a
     /// decision.
@@ -677,6 +732,15 @@ impl QuotaStore {
             }
         }
     }
+}
+
+/// A concurrency lease's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// Taken; give it back with [`QuotaStore::release`].
+    Granted,
+    /// Every slot is held; the earliest lease expires within this long.
+    Full(Duration),
 }
 
 /// `{1, now_us, debt...}` → Allow at `now_us`; `{0, wait_us, debt...}` → Wait.

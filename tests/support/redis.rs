@@ -464,3 +464,17 @@ pub async fn one_fleet_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     TURN.lock().await
 }
+
+/// `n` Switchboard processes (pods) for the vendor `tryvox` at `upstream`, with `store` (the
+/// `quota_store:` line) and `extra` under the vendor; each with its listener port.
+pub fn fleet(n: usize, store: &str, upstream: &str, extra: &str) -> Vec<(super::Sb, u16)> {
+    (0..n)
+        .map(|_| {
+            let port = super::free_port();
+            (
+                super::Sb::start_top(store, &super::vendor_yaml("tryvox", port, upstream, extra)),
+                port,
+            )
+        })
+        .collect()
+}
