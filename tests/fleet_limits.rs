@@ -1,6 +1,6 @@
-//! Fleet-wide concurrency limits (`{ in_flight: N, shared: true }`, issue 16): two real
-//! Switchboard processes and a real redis-server in front of one simulator that records how
-//! many requests it answers at once.
+//! Issue 16's limits for the whole fleet: concurrency (`{ in_flight: N, shared: true }`) and
+//! cost-weighted shared buckets — two real Switchboard processes and a real redis-server in
+//! front of one simulator that records how many requests it answers at once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -108,4 +108,33 @@ async fn until_async_ok(addr: SocketAddr) -> u16 {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_bucket_takes_each_requests_cost_across_pods() {
+    let _turn = one_fleet_at_a_time().await;
+    let scenario = "rules:\n  - match: { path_prefix: /v1/sms }\n    steps: [ { status: 200, json: { id: s } } ]\n";
+    let extra = "    endpoints:\n      - name: sms\n        match: { path_prefix: /v1/sms }\n        cost: { segments: /Body, recipients: /To }\n        limits: [ { rate: 10, per: 1m, burst: 10, shared: true } ]\n";
+    let (_redis, s, pods) = two_pods(scenario, extra).await;
+    let (a, b) = (local(pods[0].1), local(pods[1].1));
+    let sms = |to: usize| {
+        let to: Vec<String> = (0..to).map(|i| format!("+1555010{i:02}")).collect();
+        let body = serde_json::json!({ "Body": "hello", "To": to }).to_string();
+        request(
+            "POST",
+            "/v1/sms",
+            &[
+                ("authorization", "Bearer sk_live_alpha"),
+                ("content-type", "application/json"),
+            ],
+            Some(body.as_bytes()),
+        )
+    };
+    // Six of the fleet's ten tokens on one pod; six more do not fit on the other …
+    assert_eq!(send(a, &sms(6)).await.status, 200);
+    assert_eq!(send(b, &sms(6)).await.status, 429);
+    // … and took nothing: the four left are used exactly.
+    assert_eq!(send(b, &sms(4)).await.status, 200);
+    assert_eq!(send(a, &sms(1)).await.status, 429);
+    assert_eq!(s.hits(), 2);
 }
