@@ -72,6 +72,43 @@ impl Gate {
     }
 }
 
+/// A request waiting for one gate: counted in its line while this lives, and the key's gate
+/// tidied away when it goes, on every path.
+struct Waiting<'a> {
+    bucket: &'a Bucket,
+    key: u64,
+    gate: Option<Arc<Gate>>,
+    /// How many were waiting before this one.
+    ahead: usize,
+}
+
+impl<'a> Waiting<'a> {
+    fn join(bucket: &'a Bucket, key: u64, gate: Arc<Gate>) -> Self {
+        let ahead = gate.waiting.fetch_add(1, Ordering::AcqRel);
+        Waiting {
+            bucket,
+            key,
+            gate: Some(gate),
+            ahead,
+        }
+    }
+
+    /// The gate waited for (`None` only once dropped).
+    fn gate(&self) -> Option<&Gate> {
+        self.gate.as_deref()
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(g) = self.gate.take() {
+            g.waiting.fetch_sub(1, Ordering::AcqRel);
+            drop(g);
+            self.bucket.tidy(self.key);
+        }
+    }
+}
+
 /// One concurrency bucket as it runs.
 struct Bucket {
     spec: SlotSpec,
@@ -113,6 +150,8 @@ pub struct InFlight {
     by_endpoint: Vec<SmallVec<[usize; 2]>>,
     /// `switchboard_ratelimit_decisions_total`, one count per request and outcome.
     counters: Counters,
+    /// Tells queued requests that shutdown started (they are answered at once).
+    draining: Option<Arc<crate::lifecycle::Lifecycle>>,
 }
 
 /// The slots one attempt holds; dropping it gives them back.
@@ -178,7 +217,14 @@ impl InFlight {
             buckets,
             by_endpoint,
             counters: Counters::new(metrics, names),
+            draining: None,
         }
+    }
+
+    /// Queued requests give up at once when `lifecycle` starts draining.
+    pub fn stop_waiting_on_shutdown(mut self, lifecycle: Arc<crate::lifecycle::Lifecycle>) -> Self {
+        self.draining = Some(lifecycle);
+        self
     }
 
     /// Keeps the state of every limit that is the same in `before` (same place in the
@@ -249,8 +295,8 @@ impl InFlight {
             };
             let gate = bucket.gate(key);
             let permit = match gate.sem.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
                 Err(_) if spec.shadow => {
+                    drop(gate);
                     self.counters.count(ep, spec.scope, Counted::ShadowRejected);
                     shadow_full(full);
                     None
@@ -260,29 +306,40 @@ impl InFlight {
                     bucket.tidy(key);
                     return Err(full);
                 }
+                Ok(p) => {
+                    drop(gate);
+                    Some(p)
+                }
                 Err(_) => {
-                    if gate.waiting.fetch_add(1, Ordering::AcqRel) >= spec.max_waiters {
-                        gate.waiting.fetch_sub(1, Ordering::AcqRel);
-                        drop(gate);
-                        bucket.tidy(key);
+                    // Counted as waiting until this is dropped, however the wait ends (a
+                    // cancelled request included); the key's gate is tidied then too.
+                    let line = Waiting::join(bucket, key, gate);
+                    if line.ahead >= spec.max_waiters {
                         return Err(full);
                     }
                     *queued = true;
                     let by = until.min(Instant::now() + spec.max_wait);
-                    let got = tokio::time::timeout_at(by, gate.sem.clone().acquire_owned()).await;
-                    gate.waiting.fetch_sub(1, Ordering::AcqRel);
+                    let Some(g) = line.gate() else {
+                        return Err(full);
+                    };
+                    let wait = g.sem.clone().acquire_owned();
+                    let got = match &self.draining {
+                        // A shutdown answers the waiters at once, as the rate limiter's do.
+                        Some(l) => tokio::select! {
+                            p = wait => p.ok(),
+                            _ = l.sleep_unless_draining(by) => None,
+                        },
+                        None => tokio::time::timeout_at(by, wait)
+                            .await
+                            .ok()
+                            .and_then(Result::ok),
+                    };
                     match got {
-                        Ok(Ok(p)) => Some(p),
-                        // Timed out (or the semaphore closed, which it never is).
-                        _ => {
-                            drop(gate);
-                            bucket.tidy(key);
-                            return Err(full);
-                        }
+                        Some(p) => Some(p),
+                        None => return Err(full),
                     }
                 }
             };
-            drop(gate);
             slots.held.push((bucket.clone(), key, permit));
         }
         Ok(slots)
@@ -464,6 +521,45 @@ mod tests {
         drop(held);
         assert_eq!(f.keys(), 0, "no gate kept for a key nobody uses");
         assert!(f.acquire(5, 0, far(), |_| {}).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_waiter_leaves_its_place_in_a_global_line() {
+        let mut s = spec(1, Scope::Global, Mode::Queue);
+        s.max_waiters = 1;
+        let f = Arc::new(InFlight::new(&[s], &[], &names(), None));
+        let held = f.acquire(1, 0, far(), |_| {}).await.ok();
+        for _ in 0..3 {
+            let f2 = f.clone();
+            let waiter = tokio::spawn(async move { f2.acquire(1, 0, far(), |_| {}).await.is_ok() });
+            tokio::task::yield_now().await;
+            waiter.abort();
+            let _ = waiter.await;
+        }
+        // Three waiters gone: the line of one is empty again, so the next one waits (and is
+        // served when the slot frees) instead of being refused at once.
+        let f2 = f.clone();
+        let next = tokio::spawn(async move { f2.acquire(1, 0, far(), |_| {}).await.is_ok() });
+        tokio::task::yield_now().await;
+        drop(held);
+        assert!(next.await.unwrap_or(false));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_answers_the_waiters_at_once() {
+        let life = crate::lifecycle::Lifecycle::new();
+        let f = Arc::new(
+            InFlight::new(&[spec(1, Scope::Key, Mode::Queue)], &[], &names(), None)
+                .stop_waiting_on_shutdown(life.clone()),
+        );
+        let _held = f.acquire(1, 0, far(), |_| {}).await.ok();
+        let f2 = f.clone();
+        let t = Instant::now();
+        let waiter = tokio::spawn(async move { f2.acquire(1, 0, far(), |_| {}).await.is_ok() });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        life.start_draining();
+        assert!(!waiter.await.unwrap_or(true), "refused, not served");
+        assert!(t.elapsed() < Duration::from_secs(1), "not held to max_wait");
     }
 
     #[tokio::test]

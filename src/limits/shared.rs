@@ -286,7 +286,8 @@ impl SharedLimits {
         if self.alone_before.load(Ordering::Relaxed) != period {
             self.alone_before.store(period, Ordering::Relaxed);
         }
-        self.local.limiter().admit_n(key, ep, cost).await
+        let local = self.local.limiter();
+        local.admit_n(key, ep, share_cost(&local, ep, cost)).await
     }
 
     /// The most tokens one request of endpoint `ep` can ever take: the smallest `burst` of
@@ -345,7 +346,8 @@ impl SharedLimits {
             return self.alone(key, ep, cost).await;
         }
         if self.recovering() {
-            if let Verdict::Reject(r) = self.local.limiter().admit_n(key, ep, cost).await {
+            let local = self.local.limiter();
+            if let Verdict::Reject(r) = local.admit_n(key, ep, share_cost(&local, ep, cost)).await {
                 return Verdict::Reject(r);
             }
         } else {
@@ -449,6 +451,13 @@ impl SharedLimits {
         // Best effort: when the store cannot take it, this pod's own pause still holds.
         let _ = self.store.pause(&self.vendor, &account, for_).await;
     }
+}
+
+/// What a request of `cost` takes of the local share: at most the share's burst. The share
+/// is the fleet's burst divided by the replicas, so a cost the fleet admits could exceed it
+/// and be refused for the whole outage; clamped, it takes the whole share instead.
+fn share_cost(local: &Limiter, ep: usize, cost: u32) -> u32 {
+    local.most_cost(ep).map_or(cost, |most| cost.min(most))
 }
 
 /// A group's buckets as the store takes them.

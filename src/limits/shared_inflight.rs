@@ -219,6 +219,12 @@ impl SharedSlots {
                 Mode::Queue => until.min(Instant::now() + spec.max_wait),
                 Mode::Reject => Instant::now(),
             };
+            // Held before asking: a call that times out here may still be granted in Redis,
+            // and a request dropped mid-call never hears back; either way the guard's drop
+            // removes the id (removing one that was never added is harmless).
+            leases
+                .held
+                .push((term.clone(), account.clone(), id.clone()));
             loop {
                 let ttl = until.saturating_duration_since(Instant::now());
                 let got = self
@@ -226,19 +232,17 @@ impl SharedSlots {
                     .lease(&self.vendor, &account, &term.name, spec.max, &id, ttl)
                     .await;
                 match got {
-                    Ok(Lease::Granted) => {
-                        leases.held.push((term.clone(), account, id.clone()));
-                        break;
-                    }
+                    Ok(Lease::Granted) => break,
                     Ok(Lease::Full(wait)) => {
-                        let next = Instant::now() + wait.min(POLL);
-                        if next > give_up {
+                        if Instant::now() >= give_up {
                             return Err(Full {
                                 max: spec.max,
                                 scope: spec.scope,
                             });
                         }
                         *queued = true;
+                        // Asked once more at `give_up` at the latest, however short max_wait is.
+                        let next = (Instant::now() + wait.min(POLL)).min(give_up);
                         tokio::time::sleep_until(next).await;
                     }
                     // The store stopped answering: what was taken goes back (by `leases`'

@@ -126,7 +126,7 @@ impl VendorRuntime {
             cfg.max_keys,
             Some(metrics.limits(&cfg.name)),
         );
-        if let Some(l) = lifecycle {
+        if let Some(l) = lifecycle.clone() {
             limiter = limiter.stop_waiting_on_shutdown(l);
         }
         if let Some(before) = previous {
@@ -162,6 +162,9 @@ impl VendorRuntime {
                 Some(&metrics.limits(&cfg.name)),
             )
         });
+        if let Some(l) = &lifecycle {
+            in_flight = in_flight.stop_waiting_on_shutdown(l.clone());
+        }
         if let Some(before) = previous {
             in_flight = in_flight.taking_over(&before.in_flight);
         }
