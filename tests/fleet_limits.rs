@@ -138,3 +138,29 @@ async fn a_shared_bucket_takes_each_requests_cost_across_pods() {
     assert_eq!(send(a, &sms(1)).await.status, 429);
     assert_eq!(s.hits(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cost_the_fleet_admits_still_goes_while_redis_is_down() {
+    let _turn = one_fleet_at_a_time().await;
+    let scenario = "rules:\n  - match: { path_prefix: /v1/sms }\n    steps: [ { status: 200, json: { id: s } } ]\n";
+    let extra = "    endpoints:\n      - name: sms\n        match: { path_prefix: /v1/sms }\n        cost: { recipients: /To }\n        limits: [ { rate: 10, per: 1m, burst: 10, shared: true } ]\n";
+    let (redis, s, pods) = two_pods(scenario, extra).await;
+    let a = local(pods[0].1);
+    let body = serde_json::json!({ "Body": "hi", "To": vec!["+1"; 8] }).to_string();
+    let sms = request(
+        "POST",
+        "/v1/sms",
+        &[
+            ("authorization", "Bearer sk_live_alpha"),
+            ("content-type", "application/json"),
+        ],
+        Some(body.as_bytes()),
+    );
+    // Redis stops answering. The pod's share is 10 / 2 replicas = a burst of 5: a request of 8
+    // the fleet would admit takes the whole share instead of being refused for the outage.
+    redis.signal("-STOP");
+    let r = send(a, &sms).await;
+    redis.signal("-CONT");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.hits(), 1);
+}
