@@ -159,6 +159,29 @@ async fn a_timed_out_attempt_frees_its_slot_and_a_retry_takes_one_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_a_slot_gives_its_rate_token_back() {
+    // Three calls a minute and one at a time: the one refused a slot must not spend a call.
+    let limits = "{ rate: 3, per: 1m, burst: 3 }, { in_flight: 1 }";
+    let (s, _sb, addr) = proxied("tryvox", SLOW, &calls_in_flight(limits), &[]).await;
+    let first = tokio::spawn(async move { send(addr, &call()).await });
+    until("the first call at the vendor", WAIT, || {
+        (s.active() == 1).then_some(())
+    })
+    .await;
+    let r = send(addr, &call()).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.text().contains("concurrency limit"), "{}", r.text());
+    assert_eq!(first.await.unwrap().status, 201);
+    // Two calls are left of the three, not one.
+    assert_eq!(send(addr, &call()).await.status, 201);
+    assert_eq!(send(addr, &call()).await.status, 201);
+    let r = send(addr, &call()).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.text().contains("rate limit of 3"), "{}", r.text());
+    assert_eq!(s.hits(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_in_flight_limit_is_refused_at_startup_by_key_path() {
     let out = check_config_with(&calls_in_flight("{ in_flight: 0, rate: 5, per: 1s }"));
     assert!(!out.status.success());

@@ -205,6 +205,20 @@ impl<C: Clock> Bucket<C> {
         tat.fetch_max(now.saturating_add(carried).max(1), Ordering::AcqRel);
     }
 
+    /// Gives `n` tokens back to `state`: the TAT moves back `n` spacings, never below now (a
+    /// TAT in the past is a full bucket). Exact for tokens an admission took, since GCRA
+    /// state is a sum; a bucket that refilled meanwhile just stays full.
+    pub(crate) fn refund(&self, state: &KeyState, n: u32) {
+        let Some(tat) = state.tat(self.slot) else {
+            return;
+        };
+        let now = u64::from(self.clock.now().duration_since(self.born));
+        let back = self.interval_ns.saturating_mul(u64::from(n));
+        let _ = tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+            (t > now).then(|| t.saturating_sub(back).max(now).max(1))
+        });
+    }
+
     /// Marks `used` (a fraction, clamped to 0..=1) of `state`'s capacity in this bucket as in
     /// use now: the bucket then holds `1 - used` of its burst and refills from there. Never
     /// lowers the TAT, so it frees nothing already taken.
@@ -513,6 +527,20 @@ mod tests {
                 denied: 0b11
             }
         );
+    }
+
+    #[test]
+    fn a_refund_gives_back_exactly_what_was_taken() {
+        let clock = FakeRelativeClock::default();
+        let b = bucket(3, 60, 3, 0, &clock);
+        let k = KeyState::new(1);
+        assert_eq!(admitted(&[(&b, &k)], 10), 3);
+        b.refund(&k, 2);
+        assert_eq!(admitted(&[(&b, &k)], 10), 2, "two back, not more");
+        // A refund of a bucket that refilled meanwhile gives nothing extra.
+        clock.advance(Duration::from_secs(120));
+        b.refund(&k, 3);
+        assert_eq!(admitted(&[(&b, &k)], 10), 3);
     }
 
     #[test]

@@ -149,6 +149,25 @@ impl Limiter {
         }
     }
 
+    /// Gives back the `cost` tokens an allowed request of `key` on `ep` took from each
+    /// enforced bucket: for a request a later check refused (the fleet's buckets, or its
+    /// concurrency slots), so all or nothing holds across them.
+    pub fn refund_n(&self, key: u64, ep: usize, cost: u32) {
+        let Some(plan) = self.plans.endpoint(ep) else {
+            return;
+        };
+        self.with_key(plan, key, now_ns(), |k| {
+            for &i in &plan.enforce {
+                let rt = &self.plans.buckets[i];
+                let state = match rt.spec.scope {
+                    Scope::Key => k,
+                    Scope::Global => &self.global,
+                };
+                rt.bucket.refund(state, cost);
+            }
+        });
+    }
+
     /// The most tokens one request of endpoint `ep` can ever take: the smallest `burst` of
     /// the buckets it is decided by (`None` when it has none).
     pub fn most_cost(&self, ep: usize) -> Option<u32> {

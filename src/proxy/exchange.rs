@@ -153,6 +153,10 @@ impl Exchange {
                 // every request's state (and be copied with it) even with no shared limit.
                 let headers = &session.req_header().headers;
                 verdict = Box::pin(shared.admit(headers, key, ep)).await;
+                if let Verdict::Reject(_) = verdict {
+                    // All or nothing: this pod's token goes back.
+                    vendor.limits.refund_n(key, ep, 1);
+                }
             }
         }
         if let Verdict::Reject(r) = verdict {
@@ -203,6 +207,11 @@ impl Exchange {
             match Box::pin(take_slots(session, ctx, vendor, deadline.into())).await {
                 Ok(held) => ctx.attempt.slots = held,
                 Err(full) => {
+                    // The rate tokens taken for it go back (this pod's; the fleet's stay
+                    // spent: which of the store or the local share took them is not known
+                    // here, and giving Redis tokens it never gave would be looser).
+                    let (key, ep) = (ctx.route.limit_key, ctx.route.endpoint);
+                    vendor.limits.refund_n(key, ep, ctx.request.cost);
                     let env =
                         Envelope::concurrency_limited(&full, &vendor.cfg.name, &ctx.request.id);
                     return Box::pin(respond::envelope(session, ctx, vendor, env, &[])).await;
@@ -362,6 +371,9 @@ impl Exchange {
             if shared.applies(ep) {
                 let headers = &session.req_header().headers;
                 verdict = Box::pin(shared.admit_n(headers, key, ep, cost)).await;
+                if let Verdict::Reject(_) = verdict {
+                    vendor.limits.refund_n(key, ep, cost);
+                }
             }
         }
         match verdict {
@@ -440,7 +452,13 @@ impl Exchange {
         let both = async {
             match vendor.limits.admit_n(key, ep, cost).await {
                 Verdict::Allow => match &vendor.shared {
-                    Some(shared) => shared.admit_n(headers, key, ep, cost).await,
+                    Some(shared) => match shared.admit_n(headers, key, ep, cost).await {
+                        Verdict::Reject(r) => {
+                            vendor.limits.refund_n(key, ep, cost);
+                            Verdict::Reject(r)
+                        }
+                        allow => allow,
+                    },
                     None => Verdict::Allow,
                 },
                 reject => reject,
@@ -454,7 +472,10 @@ impl Exchange {
                         ctx.attempt.slots = held;
                         return Hold::Go;
                     }
-                    Err(_) => GiveUp::RateLimit,
+                    Err(_) => {
+                        vendor.limits.refund_n(key, ep, cost);
+                        GiveUp::RateLimit
+                    }
                 }
             }
             Ok(Verdict::Allow) => return Hold::Go,
