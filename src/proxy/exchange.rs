@@ -290,6 +290,8 @@ impl Exchange {
             let stop = match decision {
                 retry::Decision::Stop(g) => g,
                 retry::Decision::Retry { after, reason } => {
+                    // The last attempt is over: nothing of it is held while waiting.
+                    ctx.attempt.slots = None;
                     match Box::pin(self.hold_for_retry(session, ctx, vendor, after)).await {
                         Hold::Go => {
                             self.count(&self.metrics.retries, vendor, ctx, reason.as_str());
@@ -308,7 +310,9 @@ impl Exchange {
                     Box::pin(respond::envelope(session, ctx, vendor, *env, &[])).await
                 }
                 Last::AsSent(env, raw) => {
-                    Box::pin(respond::as_sent(session, ctx, &env, *raw)).await
+                    let written = Box::pin(respond::as_sent(session, ctx, &env, *raw)).await;
+                    ctx.attempt.slots = None;
+                    written
                 }
                 Last::Failure(f) => Box::pin(respond::failure(session, ctx, vendor, f)).await,
             };
@@ -499,7 +503,7 @@ impl Exchange {
         let (deadline, budget) = (ctx.request.deadline, ctx.request.budget);
         ctx.attempt.sent = false;
         // Held until this attempt is over: its answer streamed, or its failure known.
-        let _slots = ctx.attempt.slots.take();
+        let slots = ctx.attempt.slots.take();
         // None left: not an attempt, nothing was tried.
         let left = until(deadline, budget)?;
         // Counted before the lookup: a vendor whose name does not resolve still ends at
@@ -583,7 +587,13 @@ impl Exchange {
             }
             return Ok(Reply::Done(written));
         }
-        Box::pin(self.inspect(session, ctx, vendor, up, &peer, resp)).await
+        let reply = Box::pin(self.inspect(session, ctx, vendor, up, &peer, resp)).await;
+        // An error sent on as the vendor sent it still has its rest to stream from the
+        // vendor (in the loop, once no retry is due): its slots stay held until then.
+        if let Ok(Reply::Error(_, _, Some(_))) = &reply {
+            ctx.attempt.slots = slots;
+        }
+        reply
     }
 
     /// Reads the first part of an error (or a 2xx that may hide one), normalises it, and
