@@ -194,7 +194,7 @@ impl Metrics {
         )?;
         let inflight = gauge(
             "switchboard_inflight",
-            "Requests at the vendor now: sent, their answer not yet complete",
+            "Requests at the vendor now: an attempt under way (connecting included), its answer not yet complete",
             &["vendor", "endpoint"],
         )?;
         let upstream_attempts = counter(

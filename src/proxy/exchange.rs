@@ -224,7 +224,10 @@ impl Exchange {
             // Answered attempts are counted (status, latency) inside, as soon as the
             // vendor's header arrives: before the app can see the answer.
             let made = ctx.attempt.made;
-            let result = self.attempt(session, ctx, vendor, &body).await;
+            let result = {
+                let _at_vendor = AtVendor::new(&vendor.latency(ctx.route.endpoint).at_vendor);
+                self.attempt(session, ctx, vendor, &body).await
+            };
             ctx.attempt.observed = true;
             let (outcome, last) = match result {
                 Ok(Reply::Done(written)) => return written,
@@ -533,7 +536,6 @@ impl Exchange {
         up.set_write_timeout(Some(cfg.timeouts.response.min(until(deadline, budget)?)));
         ctx.attempt.sent = true;
         ctx.attempt.started = Some(Instant::now());
-        let _at_vendor = AtVendor::new(&vendor.latency(ctx.route.endpoint).at_vendor);
         up.write_request_header(req).await?;
         body::send(session, &mut up, body, cfg.max_request_body).await?;
         // The header (past any 1xx) within one timer: the read timeout would restart with
