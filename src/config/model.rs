@@ -713,12 +713,6 @@ fn in_flight(raw: &RawLimit, path: &str, p: &mut Problems) -> Option<SlotSpec> {
             );
         }
     }
-    if raw.shared && raw.shadow {
-        p.push(
-            format!("{path}.shared"),
-            "a shared limit cannot be shadow (shadow limits are counted per pod)",
-        );
-    }
     let (scope, mode, max_wait, max_waiters) = admission(raw, path, p);
     (p.0.len() == before).then_some(SlotSpec {
         max,
@@ -788,12 +782,6 @@ fn limit(raw: &RawLimit, path: &str, p: &mut Problems) -> Option<BucketSpec> {
         }
     };
     let (scope, mode, max_wait, max_waiters) = admission(raw, path, p);
-    if raw.shared && raw.shadow {
-        p.push(
-            format!("{path}.shared"),
-            "a shared limit cannot be shadow (shadow limits are counted per pod)",
-        );
-    }
     let shape = Shape { rate, per, burst };
     if p.0.len() == before && shape.quota().is_none() {
         p.push(path, "this rate, per and burst make no usable bucket");
@@ -810,8 +798,15 @@ fn limit(raw: &RawLimit, path: &str, p: &mut Problems) -> Option<BucketSpec> {
 }
 
 /// What a limit of either kind shares: whose requests it counts, and what a request it
-/// cannot take now gets (`scope`, `mode`, `max_wait`, `max_waiters`).
+/// cannot take now gets (`scope`, `mode`, `max_wait`, `max_waiters`); and that a shared one
+/// is not shadow.
 fn admission(raw: &RawLimit, path: &str, p: &mut Problems) -> (Scope, Mode, Duration, usize) {
+    if raw.shared && raw.shadow {
+        p.push(
+            format!("{path}.shared"),
+            "a shared limit cannot be shadow (shadow limits are counted per pod)",
+        );
+    }
     let scope = match raw.scope.as_deref() {
         None | Some("key") => Scope::Key,
         Some("global") => Scope::Global,
