@@ -345,8 +345,9 @@ impl InFlight {
         Ok(slots)
     }
 
-    /// Slots taken now of endpoint `ep`'s buckets for `key` (tests, `/config`-style views).
-    pub fn held(&self, key: u64, ep: usize) -> Vec<u32> {
+    /// Slots taken now of endpoint `ep`'s buckets for `key`.
+    #[cfg(test)]
+    fn held(&self, key: u64, ep: usize) -> Vec<u32> {
         self.by_endpoint
             .get(ep)
             .into_iter()
@@ -366,7 +367,8 @@ impl InFlight {
     }
 
     /// How many keys have a gate now (the table only holds keys in flight or waiting).
-    pub fn keys(&self) -> usize {
+    #[cfg(test)]
+    fn keys(&self) -> usize {
         self.buckets.iter().map(|b| b.per_key.len()).sum()
     }
 }

@@ -59,11 +59,18 @@ pub struct Leases {
     _local: Option<Slots>,
 }
 
-impl Drop for Leases {
-    fn drop(&mut self) {
+impl Leases {
+    /// Gives every lease back (in the background).
+    fn release(&mut self) {
         for (term, account, id) in self.held.drain(..) {
             self.store.release(&self.vendor, &account, &term.name, &id);
         }
+    }
+}
+
+impl Drop for Leases {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -248,15 +255,10 @@ impl SharedSlots {
                     // The store stopped answering: what was taken goes back (by `leases`'
                     // drop) and this pod's share decides the whole request.
                     Err(_) => {
-                        drop(leases);
+                        leases.release();
                         *local = true;
-                        let slots = self.fallback.acquire(key, ep, until, |_| {}).await?;
-                        return Ok(Leases {
-                            store: self.store.clone(),
-                            vendor: self.vendor.clone(),
-                            held: SmallVec::new(),
-                            _local: Some(slots),
-                        });
+                        leases._local = Some(self.fallback.acquire(key, ep, until, |_| {}).await?);
+                        return Ok(leases);
                     }
                 }
             }
