@@ -193,20 +193,3 @@ async fn a_bad_in_flight_limit_is_refused_at_startup_by_key_path() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("limits[0].shared"), "{err}");
 }
-
-/// `switchboard check-config` on a one-vendor config with `extra` under the vendor.
-fn check_config_with(extra: &str) -> std::process::Output {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("switchboard.yaml");
-    let yaml = format!(
-        "{}vendors:\n{}",
-        preamble(free_port(), "1s"),
-        vendor_yaml("tryvox", free_port(), "http://127.0.0.1:9", extra)
-    );
-    std::fs::write(&file, yaml).unwrap();
-    std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap()
-}

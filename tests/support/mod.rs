@@ -595,3 +595,20 @@ pub async fn until_metric(admin: SocketAddr, line_start: &str, want: f64) -> Str
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `switchboard check-config` on a one-vendor (`tryvox`) config with `extra` under the vendor.
+pub fn check_config_with(extra: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("switchboard.yaml");
+    let yaml = format!(
+        "{}vendors:\n{}",
+        preamble(free_port(), "1s"),
+        vendor_yaml("tryvox", free_port(), "http://127.0.0.1:9", extra)
+    );
+    std::fs::write(&file, yaml).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap()
+}
