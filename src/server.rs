@@ -31,6 +31,7 @@ use crate::http::pool::Upstreams;
 use crate::lifecycle::Lifecycle;
 use crate::limits::{Sweep, Sweeper};
 use crate::metrics::Metrics;
+use crate::proxy::serve::Serve;
 use crate::proxy::{Exchange, Quota, Switchboard};
 use crate::reload::{Active, Builder, Reloader};
 use crate::routing::DnsRefresher;
@@ -130,9 +131,9 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
     });
     let listen: Vec<SocketAddr> = cfg.vendors.iter().map(|v| v.listen).collect();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Switchboard::new(
+    let mut proxy = Service::new(
+        "switchboard".to_string(),
+        Serve::new(Switchboard::new(
             Exchange::new(
                 Upstreams::new(Connector::new(Some(ConnectorOptions::from_server_conf(
                     &server.configuration,
@@ -142,8 +143,7 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
             ),
             active.clone(),
             metrics.clone(),
-        ),
-        "switchboard",
+        )),
     );
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());

@@ -3,7 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession as Session;
 
 /// Request bodies up to this size are buffered before sending (and could be replayed);
 /// larger ones are streamed to the vendor as they arrive.

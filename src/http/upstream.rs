@@ -35,7 +35,7 @@ pub fn request_header(
 }
 
 /// What every request header sent upstream gets, on either path (the exchange, or
-/// Pingora's own for upgrades): `Host` is the vendor's, hop-by-hop headers and `drop` go.
+/// an upgrade's relay): `Host` is the vendor's, hop-by-hop headers and `drop` go.
 pub fn prepare(req: &mut RequestHeader, host: &http::HeaderValue, drop: &[HeaderName]) {
     let _ = req.insert_header(http::header::HOST, host.clone());
     headers::strip_request_hop_by_hop(req);

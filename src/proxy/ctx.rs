@@ -29,8 +29,6 @@ pub struct Request {
     pub started: Instant,
     /// Safe to repeat: an idempotent method, or the idempotency header.
     pub idempotent: bool,
-    /// Request body bytes received on Pingora's own proxy path (upgrades).
-    pub body_bytes: u64,
     /// When the request must be answered by (set by the exchange).
     pub deadline: Instant,
     /// How long the request was given in all (for messages).
@@ -71,8 +69,6 @@ pub struct Answer {
     pub error: Option<(Code, Source)>,
     /// The client went away before an answer could be written.
     pub client_gone: bool,
-    /// The exchange answered (or cut) the request itself; Pingora's error hook must not.
-    pub settled: bool,
 }
 
 /// Per-request state.
@@ -97,7 +93,6 @@ impl Ctx {
                 id: String::new(),
                 started: Instant::now(),
                 idempotent: false,
-                body_bytes: 0,
                 deadline: Instant::now(),
                 budget: Duration::ZERO,
                 had_deadline: false,

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession as Session;
 
 use super::error::Failure;
 use super::respond::{self, Written};
@@ -108,6 +108,11 @@ impl Exchange {
     /// The process lifecycle.
     pub fn lifecycle(&self) -> &Arc<Lifecycle> {
         &self.lifecycle
+    }
+
+    /// The pooled upstream connections.
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
     }
 
     /// Checks made before anything is read or sent: framing, declared size, rate limits.
@@ -532,7 +537,7 @@ impl Exchange {
         // Boxed: 672 bytes that would otherwise sit in the request's state across every await.
         let peer = Box::new(vendor.peer(addr, left));
         let mut up = self.upstreams.get(&peer).await?;
-        // The connector leaves the write timeout unset; Pingora's own loop copies it too.
+        // The connector leaves the write timeout unset (Pingora's proxy loop copies it too).
         up.set_write_timeout(Some(cfg.timeouts.response.min(until(deadline, budget)?)));
         ctx.attempt.sent = true;
         ctx.attempt.started = Some(Instant::now());

@@ -1,6 +1,7 @@
-//! The Pingora `ProxyHttp` implementation: a thin orchestrator. Each hook reads the request
-//! state, calls the module that owns the concern (routing, normalize, metrics, headers) and
-//! records what happened in [`Ctx`]. It holds no status tables, JSON or vendor names.
+//! The request path: [`serve`] accepts requests on Pingora's HTTP/1 server, [`Switchboard`]
+//! orchestrates each one — it reads the request state, calls the module that owns the
+//! concern (routing, limits, the exchange, metrics) and records what happened in [`Ctx`]. It
+//! holds no status tables, JSON or vendor names.
 //!
 //! One service serves every vendor listener; the vendor is chosen by the local port the
 //! request arrived on, never by anything the client sent.
@@ -9,29 +10,27 @@ mod ctx;
 pub mod error;
 pub mod exchange;
 pub mod respond;
+pub mod serve;
+mod upgrade;
 
 pub use ctx::Ctx;
 pub use exchange::Exchange;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::{Error, ErrorType, Result};
+use pingora::protocols::http::ServerSession as Session;
+use pingora::{Error, ErrorType};
 
 use crate::config::Vendor;
-use crate::http::{headers, upstream};
+use crate::http::headers;
 use crate::lifecycle::Lifecycle;
 use crate::limits::{BucketSpec, InFlight, KeySource, Limiter, SharedLimits};
 use crate::metrics::{method_label, Latency, Metrics};
-use crate::normalize::transport;
 use crate::reload::Active;
 use crate::routing::{Resolver, Router};
-use error::Failure;
+use respond::Written;
 
 /// Everything the proxy needs about one vendor, built once from config.
 pub struct VendorRuntime {
@@ -229,7 +228,8 @@ fn header_name(name: &str) -> http::HeaderName {
     http::HeaderName::from_bytes(name.as_bytes()).unwrap_or(http::header::AUTHORIZATION)
 }
 
-/// The proxy service shared by all vendor listeners.
+/// The request handler shared by all vendor listeners: what one request goes through once
+/// its header is read ([`serve`] reads it and keeps the connection).
 pub struct Switchboard {
     exchange: Exchange,
     active: Arc<Active>,
@@ -237,7 +237,7 @@ pub struct Switchboard {
 }
 
 impl Switchboard {
-    /// A proxy over the vendors of the runtime in force (swapped by a reload).
+    /// A handler over the vendors of the runtime in force (swapped by a reload).
     pub fn new(exchange: Exchange, active: Arc<Active>, metrics: Metrics) -> Self {
         Switchboard {
             exchange,
@@ -246,49 +246,21 @@ impl Switchboard {
         }
     }
 
+    /// The process lifecycle: shutdown, and requests in flight.
+    pub fn lifecycle(&self) -> &Arc<Lifecycle> {
+        self.exchange.lifecycle()
+    }
+
     /// The vendor of the listener the request came in on, in the runtime in force now: the
     /// request keeps it to the end, whatever a reload swaps in meanwhile.
     fn vendor_for(&self, session: &Session) -> Option<Arc<VendorRuntime>> {
         let port = session.server_addr()?.as_inet()?.port();
         self.active.get().vendor_on(port).cloned()
     }
-}
 
-/// Pingora's own proxy path (taken only by protocol upgrades) reports a body over the
-/// limit with this error type, so `fail_to_proxy` can answer it.
-const BODY_TOO_LARGE: ErrorType = ErrorType::Custom("request body too large");
-
-#[async_trait]
-impl ProxyHttp for Switchboard {
-    type CTX = Ctx;
-
-    fn new_ctx(&self) -> Ctx {
-        Ctx::new(self.exchange.lifecycle().track())
-    }
-
-    /// No downstream modules: Pingora's default adds a (disabled) response-compression
-    /// module, which still runs on every response header and body chunk. Switchboard
-    /// never compresses; the app gets the vendor's bytes and encoding as sent.
-    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
-
-    /// What Pingora's own error log lines print about the request: method and path, never
-    /// the query string (keys and phone numbers travel there) nor the Host header.
-    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
-        let req = session.req_header();
-        let vendor = ctx
-            .route
-            .vendor
-            .as_ref()
-            .map_or("", |v| v.cfg.name.as_str());
-        format!(
-            "{} {} vendor={vendor} request_id={}",
-            req.method,
-            req.uri.path(),
-            ctx.request.id
-        )
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    /// Answers the request whose header `session` has read: exactly one response, or `Err`
+    /// when the stream had to be cut (the connection is then not reused).
+    pub async fn handle(&self, session: &mut Session, ctx: &mut Ctx) -> Written {
         let Some(vendor) = self.vendor_for(session) else {
             return Error::e_explain(ErrorType::InternalError, "request on an unknown listener");
         };
@@ -302,160 +274,20 @@ impl ProxyHttp for Switchboard {
         ctx.route.endpoint = vendor.router.route(req.method.as_str(), req.uri.path());
         ctx.route.limit_key = vendor.limits.source.key_of(&req.headers);
         ctx.route.vendor = Some(vendor.clone());
-        let written = match self.exchange.admit(session, ctx, &vendor).await {
+        match self.exchange.admit(session, ctx, &vendor).await {
             Some(written) => written,
-            // Protocol upgrades (WebSocket media streams) take Pingora's own proxy path, with
-            // the same peer and header hygiene as the exchange (the hooks below).
-            None if session.is_upgrade_req() => return Ok(false),
-            None => self.exchange.run(session, ctx, &vendor).await,
-        };
-        // Whatever happened was answered (or cut) inside: `fail_to_proxy` must not answer
-        // again for the error Pingora hands it.
-        ctx.answer.settled = true;
-        written.map(|()| true)
-    }
-
-    async fn request_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        _end_of_stream: bool,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        ctx.request.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
-        let limit = ctx
-            .route
-            .vendor
-            .as_ref()
-            .map_or(u64::MAX, |v| v.cfg.max_request_body);
-        if ctx.request.body_bytes > limit {
-            return Error::e_explain(BODY_TOO_LARGE, "request body too large");
-        }
-        Ok(())
-    }
-
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some(vendor) = ctx.route.vendor.clone() else {
-            return Error::e_explain(ErrorType::InternalError, "no vendor for request");
-        };
-        let t = &vendor.cfg.timeouts;
-        let addr = match vendor.resolver.pick(t.connect).await {
-            Ok(a) => a,
-            Err(e) => return Error::e_explain(ErrorType::ConnectError, e.to_string()),
-        };
-        ctx.attempt.made += 1;
-        ctx.attempt.sent = false;
-        Ok(Box::new(vendor.peer(addr, t.response)))
-    }
-
-    async fn upstream_request_filter(
-        &self,
-        _session: &mut Session,
-        upstream_request: &mut RequestHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        if let Some(v) = &ctx.route.vendor {
-            upstream::prepare(upstream_request, &v.host, &exchange::OWN_HEADERS);
-        }
-        ctx.attempt.sent = true;
-        ctx.attempt.started = Some(Instant::now());
-        Ok(())
-    }
-
-    async fn upstream_response_filter(
-        &self,
-        _session: &mut Session,
-        upstream_response: &mut ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        ctx.attempt.status = Some(upstream_response.status.as_u16());
-        ctx.attempt.elapsed = ctx.attempt.started.map(|t| t.elapsed());
-        Ok(())
-    }
-
-    async fn response_filter(
-        &self,
-        _session: &mut Session,
-        upstream_response: &mut ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        headers::strip_response_hop_by_hop(upstream_response);
-        upstream_response.insert_header(headers::X_REQUEST_ID, &ctx.request.id)?;
-        ctx.answered(upstream_response.status.as_u16(), None);
-        Ok(())
-    }
-
-    fn error_while_proxy(
-        &self,
-        peer: &HttpPeer,
-        _session: &mut Session,
-        e: Box<Error>,
-        _ctx: &mut Ctx,
-        _client_reused: bool,
-    ) -> Box<Error> {
-        // An upgraded stream is never repeated: Pingora's own retry stays off.
-        let mut e = e.more_context(format!("peer: {peer}"));
-        e.set_retry(false);
-        e
-    }
-
-    fn fail_to_connect(
-        &self,
-        _session: &mut Session,
-        _peer: &HttpPeer,
-        ctx: &mut Ctx,
-        mut e: Box<Error>,
-    ) -> Box<Error> {
-        ctx.attempt.sent = false;
-        e.set_retry(false);
-        e
-    }
-
-    /// Failures on Pingora's own proxy path (upgrades, and errors Pingora raised before
-    /// `request_filter` ran): the same rescue as the exchange's. A request the exchange
-    /// already answered (or cut) is not answered twice.
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let cut = FailToProxy {
-            error_code: 0,
-            can_reuse_downstream: false,
-        };
-        let Some(vendor) = ctx.route.vendor.clone() else {
-            return cut;
-        };
-        if ctx.answer.settled {
-            return cut;
-        }
-        if ctx.request.id.is_empty() {
-            ctx.request.id = headers::request_id(None);
-        }
-        if session.response_written().is_some() {
-            // Headers already went out (e.g. reset mid-body): all we can do is cut the stream.
-            tracing::warn!(request_id = %ctx.request.id, vendor = %vendor.cfg.name, error = %e, "upgraded stream failed mid-response");
-            return cut;
-        }
-        let rescued = if *e.etype() == BODY_TOO_LARGE {
-            let limit = vendor.cfg.max_request_body;
-            Failure::TooLarge(limit).rescue(respond::state(ctx))
-        } else {
-            transport::classify(e, respond::state(ctx))
-        };
-        let Some((code, message)) = rescued else {
-            ctx.answer.client_gone = true;
-            return cut;
-        };
-        match respond::proxy_error(session, ctx, &vendor, code, message).await {
-            Ok(()) => FailToProxy {
-                error_code: ctx.answer.status.unwrap_or(0),
-                can_reuse_downstream: false,
-            },
-            Err(we) => {
-                tracing::debug!(error = %we, "could not write error response");
-                cut
+            // Protocol upgrades (WebSocket media streams) are relayed, not exchanged.
+            None if session.is_upgrade_req() => {
+                let upstreams = self.exchange.upstreams();
+                Box::pin(upgrade::pass(upstreams, session, ctx, &vendor)).await
             }
+            None => self.exchange.run(session, ctx, &vendor).await,
         }
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+    /// What one request leaves behind once it is answered (or cut): its metrics and its
+    /// access-log line. `cut` is why the stream was cut, if it was.
+    pub fn finished(&self, session: &Session, ctx: &Ctx, cut: Option<&Error>) {
         let Some(v) = &ctx.route.vendor else { return };
         let method = session.req_header().method.as_str();
         let endpoint = v.router.name(ctx.route.endpoint);
@@ -488,6 +320,16 @@ impl ProxyHttp for Switchboard {
         }
         let elapsed = ctx.request.started.elapsed();
         latency.request.observe(elapsed.as_secs_f64());
+        if let Some(e) = cut {
+            // The request's summary: never its query string (keys and phone numbers travel
+            // there) nor its Host header.
+            tracing::warn!(
+                "request cut: {e}; {method} {} vendor={} request_id={}",
+                session.req_header().uri.path(),
+                v.cfg.name,
+                ctx.request.id
+            );
+        }
         tracing::info!(
             target: "switchboard::access",
             request_id = %ctx.request.id,
@@ -500,7 +342,7 @@ impl ProxyHttp for Switchboard {
             attempts = a.made,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             upstream_ms = a.elapsed.map(|d| d.as_secs_f64() * 1000.0),
-            error = e.map(|e| e.to_string()),
+            error = cut.map(|e| e.to_string()),
         );
     }
 }

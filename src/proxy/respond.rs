@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession as Session;
 use pingora::Result;
 
 use super::error::Failure;
@@ -93,8 +93,8 @@ async fn write_error(
     for (k, v) in extra {
         h.insert_header(*k, v)?;
     }
-    session.write_response_header(Box::new(h), false).await?;
-    session.write_response_body(Some(body), true).await
+    session.write_response_header(Box::new(h)).await?;
+    session.write_response_body(body, true).await
 }
 
 /// Answers before the request body was read. A small body is drained so the connection
@@ -161,6 +161,17 @@ fn downstream_header(mut resp: ResponseHeader, ctx: &Ctx) -> Box<ResponseHeader>
     Box::new(resp)
 }
 
+/// The vendor's `101 Switching Protocols`, to the app: from here on the connection carries
+/// the upgraded protocol's bytes, not HTTP.
+pub async fn switch(session: &mut Session, ctx: &mut Ctx, resp: ResponseHeader) -> Written {
+    let status = resp.status.as_u16();
+    session
+        .write_response_header(downstream_header(resp, ctx))
+        .await?;
+    ctx.answered(status, None);
+    Ok(())
+}
+
 /// Streams a vendor response through unbuffered, framing as the vendor sent it.
 pub async fn stream(
     session: &mut Session,
@@ -171,7 +182,7 @@ pub async fn stream(
     let status = resp.status.as_u16();
     let done = up.response_done();
     session
-        .write_response_header(downstream_header(resp, ctx), done)
+        .write_response_header(downstream_header(resp, ctx))
         .await?;
     ctx.answered(status, None);
     if done {
@@ -203,12 +214,10 @@ async fn header_prefix_rest(
     rest: Option<&mut UpstreamSession>,
 ) -> Written {
     session
-        .write_response_header(downstream_header(resp, ctx), false)
+        .write_response_header(downstream_header(resp, ctx))
         .await?;
     if !prefix.bytes.is_empty() {
-        session
-            .write_response_body(Some(prefix.bytes), false)
-            .await?;
+        session.write_response_body(prefix.bytes, false).await?;
     }
     if let Some(e) = prefix.error {
         tracing::warn!(request_id = %ctx.request.id, error = %e, "vendor failed mid-response; cutting the stream");
@@ -253,7 +262,7 @@ pub async fn as_sent(session: &mut Session, ctx: &mut Ctx, env: &Envelope, raw: 
 async fn copy_body(session: &mut Session, ctx: &Ctx, up: &mut UpstreamSession) -> Written {
     loop {
         match up.read_response_body().await {
-            Ok(Some(chunk)) => session.write_response_body(Some(chunk), false).await?,
+            Ok(Some(chunk)) => session.write_response_body(chunk, false).await?,
             Ok(None) => return session.finish_body().await,
             Err(e) => {
                 tracing::warn!(request_id = %ctx.request.id, error = %e, "vendor failed mid-response; cutting the stream");

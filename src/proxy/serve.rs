@@ -1,0 +1,126 @@
+//! Switchboard's own HTTP server app on `pingora-core`: it reads each request, hands it to
+//! [`Switchboard::handle`], and keeps the connection for the next one. Pingora's server,
+//! listeners, HTTP/1 codec, TLS and shutdown stay; `pingora-proxy`'s phases, its boxed
+//! per-request future and its modules are not on the path.
+//!
+//! **Pipelining** (RFC 9112 §9.3.2): requests a client writes before it has read the
+//! previous answer are answered in order, one at a time. The bytes read past the end of a
+//! request (the start of the next) are kept with the connection and parsed first by the next
+//! request: Pingora's HTTP/1 session does this once pipelining is enabled on it. A
+//! connection that cannot be kept (the answer was cut, the request was refused unread, the
+//! process is shutting down) is closed after the current answer, so the client knows to
+//! send the rest again.
+
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+
+use async_trait::async_trait;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use pingora::ErrorType;
+use tokio::sync::Notify;
+
+use super::{Ctx, Switchboard};
+
+/// The app every vendor listener runs.
+pub struct Serve {
+    handler: Switchboard,
+    /// Set once shutdown starts: idle keep-alive connections stop waiting for a request.
+    stopping: AtomicBool,
+    stopped: Notify,
+}
+
+impl Serve {
+    /// Serves requests with `handler`.
+    pub fn new(handler: Switchboard) -> Self {
+        Serve {
+            handler,
+            stopping: AtomicBool::new(false),
+            stopped: Notify::new(),
+        }
+    }
+
+    /// Resolves once shutdown has started.
+    async fn stopping(&self) {
+        let mut notified = pin!(self.stopped.notified());
+        poll_fn(|cx| {
+            // Registered first, then the flag read: a notification between the two is not
+            // missed.
+            if notified.as_mut().poll(cx).is_ready() || self.stopping.load(Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for Serve {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        // Carried to the next request on the connection by its persistent settings; set on
+        // every request so the first one of each connection has it too.
+        session.set_pipelining_enabled(true);
+        let read = tokio::select! {
+            // A request already buffered is served before a shutdown is noticed.
+            biased;
+            read = session.read_request() => read,
+            () = self.stopping() => return None,
+        };
+        match read {
+            Ok(true) => {}
+            // The client closed an idle connection.
+            Ok(false) => return None,
+            Err(e) => {
+                if *e.etype() == ErrorType::InvalidHTTPHeader {
+                    // A malformed request: said so, and the connection closed (what follows
+                    // it cannot be framed).
+                    tracing::debug!(error = %e, "malformed request");
+                    let _ = session.respond_error(400).await;
+                } else {
+                    tracing::debug!(error = %e, "reading a request failed");
+                }
+                session.shutdown().await;
+                return None;
+            }
+        }
+        if session.req_header().method == http::Method::CONNECT {
+            // A tunnel changes the framing of everything after it; Switchboard forwards
+            // requests to one vendor, never tunnels.
+            let _ = session.respond_error(405).await;
+            session.shutdown().await;
+            return None;
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+        let mut ctx = Ctx::new(self.handler.lifecycle().track());
+        let written = self.handler.handle(&mut session, &mut ctx).await;
+        self.handler
+            .finished(&session, &ctx, written.as_ref().err().map(|e| &**e));
+        // A cut answer leaves the connection in no state to reuse.
+        written.ok()?;
+        let settings = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(reusable) => reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
+            Err(e) => {
+                tracing::debug!(error = %e, "finishing a response failed");
+                None
+            }
+        }
+    }
+
+    async fn http_cleanup(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.stopped.notify_waiters();
+    }
+}
