@@ -22,29 +22,40 @@ fn connection_listed(headers: &http::HeaderMap) -> Vec<HeaderName> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive" && t != "upgrade")
+        .map(str::trim)
+        .filter(|t| {
+            !t.is_empty()
+                && !["close", "keep-alive", "upgrade"]
+                    .iter()
+                    .any(|o| t.eq_ignore_ascii_case(o))
+        })
+        // Lower-cased by the parse; nothing is allocated for the common `keep-alive`.
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect()
 }
 
-/// The hop-by-hop headers present in `headers`. Most messages carry none (or only
-/// `Connection`), so this looks first and lets the caller remove only what is there:
-/// Pingora's removal also rewrites its case-preserving name map, per name asked.
+/// The hop-by-hop headers present in `headers`, found in one pass over its names (a message
+/// has a handful): a lookup per hop-by-hop name would hash each of them, and most messages
+/// carry none but `Connection`. The caller removes only what is there: Pingora's removal also
+/// rewrites its case-preserving name map, per name asked.
 fn hop_by_hop(headers: &http::HeaderMap) -> Vec<HeaderName> {
     let mut found = Vec::new();
-    if headers.contains_key(http::header::CONNECTION) {
-        found = connection_listed(headers);
-        if !headers.contains_key(http::header::UPGRADE) {
+    let (mut connection, mut upgrade) = (false, false);
+    for name in headers.keys() {
+        if name == http::header::CONNECTION {
+            connection = true;
+        } else if name == http::header::UPGRADE {
+            upgrade = true;
+        } else if HOP_BY_HOP.contains(name) {
+            found.push(name.clone());
+        }
+    }
+    if connection {
+        found.extend(connection_listed(headers));
+        if !upgrade {
             found.push(http::header::CONNECTION);
         }
     }
-    found.extend(
-        HOP_BY_HOP
-            .iter()
-            .filter(|n| headers.contains_key(*n))
-            .cloned(),
-    );
     found
 }
 
