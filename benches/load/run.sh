@@ -13,8 +13,10 @@
 #   nginx        wrk -> nginx keep-alive reverse proxy (worker_processes = THREADS) -> origin
 #   switchboard  wrk -> Switchboard (server.threads = THREADS; a limit on every request set
 #                high enough never to reject, retries on, the TryVox profile) -> origin
-# then: the same three at a fixed 1,000 req/s (added latency), an error-heavy round (every
-# response is a vendor error Switchboard normalises), and a 100k-distinct-keys round.
+# each round reporting switchboard's req/s over nginx's of the same round, and the median of
+# those ratios; then: the same three at a fixed 1,000 req/s (added latency), error-heavy
+# alternating rounds of nginx and Switchboard (every response is a vendor error Switchboard
+# normalises; ratio per round and median likewise), and a 100k-distinct-keys round.
 # Access logs are off on both proxies (Switchboard `log.level: warn`, nginx `access_log off`).
 # Prints markdown tables; results go to benches/RESULTS.md by hand, with the machine and date.
 set -euo pipefail
@@ -40,7 +42,7 @@ if [ "$PIN" = 1 ]; then
 fi
 "${LOAD[@]}" nginx -c "$work/origin.conf" & pids+=($!)
 "${PROXY[@]}" nginx -c "$work/proxy.conf" & pids+=($!)
-"${PROXY[@]}" "$BIN" --config "$work/sb.yaml" 2>"$work/sb.log" & SB=$!; pids+=($SB)
+"${PROXY[@]}" "$BIN" --config "$work/sb.yaml" 2>"$work/sb.log" & SB=$!; pids+=("$SB")
 for _ in $(seq 100); do curl -sf http://127.0.0.1:19901/readyz >/dev/null && break; sleep 0.1; done
 sleep 0.5
 
@@ -75,34 +77,59 @@ run() { # target script conns duration path -> "reqps p50 p99 p999 errors cpu_us
 echo "idle RSS: switchboard $(( $(rss_kib $SB) / 1024 )) MiB, nginx proxy $(( $(rss_kib "$(proxy_pid)") / 1024 )) MiB"
 
 part() { [[ " $PARTS " == *" $1 "* ]]; }
+# median FIELD: the median of FIELD over ';'-separated rows (the mean of the middle two
+# for an even count; '-' when the field is not measured).
+median() {
+  tr ';' '\n' | awk -v f="$1" 'NF {print $f}' | sort -g | awk '{a[NR]=$1} END {
+    if (NR == 0 || a[1] == "-") {print "-"; exit}
+    if (NR % 2) {print a[(NR+1)/2]; exit}
+    m = (a[NR/2] + a[NR/2+1]) / 2; print (m == int(m)) ? m : sprintf("%.2f", m)}'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b > 0) ? a/b : 0}'; }
+# rounds PATH TARGET...: ROUNDS alternating rounds of the targets on PATH, switchboard's
+# req/s over nginx's in each round (the two ran seconds apart, under the same neighbours),
+# then the medians.
+rounds() {
+  local path=$1; shift
+  local -A R=()
+  local ratios="" r t out rps p50 p99 p999 errs cpu rss
+  echo "CPU µs/req: the proxy's own user+system CPU time per request (\`/proc/PID/stat\`)."
+  echo
+  echo "| round | target | req/s | p50 µs | p99 µs | p99.9 µs | errors | CPU µs/req | switchboard/nginx |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  for r in $(seq "$ROUNDS"); do
+    for t in "$@"; do
+      out=$(run "$t" report.lua "$CONNS" "$DURATION" "$path")
+      R[$t]+="$out;"
+      read -r rps p50 p99 p999 errs cpu <<<"$out"
+      local per=""
+      if [ "$t" = switchboard ]; then
+        per=$(ratio "$rps" "$(echo "${R[nginx]}" | tr ';' '\n' | awk 'NF {v=$1} END {print v}')")
+        ratios+="$per;"
+      fi
+      echo "| $r | $t | $rps | $p50 | $p99 | $p999 | $errs | $cpu | $per |"
+    done
+  done
+  echo
+  echo "| target | median req/s | median p99 µs | median CPU µs/req | RSS after (MiB) |"
+  echo "|---|---|---|---|---|"
+  for t in "$@"; do
+    case $t in switchboard) rss=$(( $(rss_kib "$SB") / 1024 ));; nginx) rss=$(( $(rss_kib "$(proxy_pid)") / 1024 ));; *) rss=-;; esac
+    echo "| $t | $(echo "${R[$t]}" | median 1) | $(echo "${R[$t]}" | median 3) | $(echo "${R[$t]}" | median 6) | $rss |"
+  done
+  echo
+  echo -n "switchboard/nginx: median of the rounds $(echo "$ratios" | median 1) (rounds: $(echo "$ratios" | tr ';' ' ' | xargs))"
+  if [ -n "${R[direct]:-}" ]; then
+    echo -n ", switchboard/direct of the medians $(ratio "$(echo "${R[switchboard]}" | median 1)" "$(echo "${R[direct]}" | median 1)")"
+  fi
+  echo
+}
+
 if part throughput; then
-declare -A R
 echo
 echo "## Throughput ($ROUNDS alternating rounds, $DURATION each, $CONNS connections, $THREADS worker thread(s), PIN=$PIN)"
 echo
-echo "CPU µs/req: the proxy's own user+system CPU time per request (\`/proc/PID/stat\`)."
-echo
-echo "| round | target | req/s | p50 µs | p99 µs | p99.9 µs | errors | CPU µs/req |"
-echo "|---|---|---|---|---|---|---|---|"
-for r in $(seq "$ROUNDS"); do
-  for t in direct nginx switchboard; do
-    out=$(run $t report.lua "$CONNS" "$DURATION" /v1/calls)
-    R[$t]+="$out;"
-    read -r rps p50 p99 p999 errs cpu <<<"$out"
-    echo "| $r | $t | $rps | $p50 | $p99 | $p999 | $errs | $cpu |"
-  done
-done
-median() { tr ';' '\n' | awk -v f="$1" 'NF {print $f}' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-echo
-echo "| target | median req/s | median p99 µs | median CPU µs/req | RSS after (MiB) |"
-echo "|---|---|---|---|---|"
-for t in direct nginx switchboard; do
-  case $t in switchboard) rss=$(( $(rss_kib $SB) / 1024 ));; nginx) rss=$(( $(rss_kib "$(proxy_pid)") / 1024 ));; *) rss=-;; esac
-  echo "| $t | $(echo "${R[$t]}" | median 1) | $(echo "${R[$t]}" | median 3) | $(echo "${R[$t]}" | median 6) | $rss |"
-done
-sw=$(echo "${R[switchboard]}" | median 1); ng=$(echo "${R[nginx]}" | median 1); di=$(echo "${R[direct]}" | median 1)
-echo
-echo "switchboard/nginx = $(awk -v a="$sw" -v b="$ng" 'BEGIN {printf "%.2f", a/b}'), switchboard/direct = $(awk -v a="$sw" -v b="$di" 'BEGIN {printf "%.2f", a/b}')"
+rounds /v1/calls direct nginx switchboard
 
 fi
 if part latency; then
@@ -121,14 +148,11 @@ done
 fi
 if part errors; then
 echo
-echo "## Error-heavy: every response is TryVox's 422 (Switchboard normalises each one)"
+echo "## Error-heavy: every response is TryVox's 422 (Switchboard normalises each one); $ROUNDS alternating rounds, $DURATION each"
 echo
-echo "| target | req/s | p50 µs | p99 µs | p99.9 µs | CPU µs/req |"
-echo "|---|---|---|---|---|---|"
-for t in nginx switchboard; do
-  read -r rps p50 p99 p999 errs cpu <<<"$(run $t report.lua "$CONNS" "$DURATION" /v1/verify/check)"
-  echo "| $t | $rps | $p50 | $p99 | $p999 | $cpu |"
-done
+echo "errors: wrk counts every 4xx answer, so here all of them."
+echo
+rounds /v1/verify/check nginx switchboard
 
 fi
 if part keys; then

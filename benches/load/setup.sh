@@ -1,6 +1,8 @@
+# shellcheck shell=bash disable=SC2034 # sourced: its variables are the sourcing script's
 # Shared by the load scripts (sourced, not run): tools, a work directory cleaned up on exit,
 # and the configs every run compares. Ports: origin 18090, nginx proxy 18091, Switchboard
-# 18081 (admin 19901).
+# 18081 (admin 19901); instructions.sh adds bare_pingora 18092, nginx return 200 18093,
+# bare_serve 18094, nginx with its access log 18095.
 need() { command -v "$1" >/dev/null 2>&1; }
 # need_tools CMD... : installs the Debian packages of the same names when any is missing.
 need_tools() {
