@@ -181,27 +181,33 @@ impl AccessLog {
         batch.clear();
     }
 
-    /// The writer thread's loop: waits for a batch to gather, writes it to stderr.
+    /// The writer thread's loop: batch after batch to stderr.
     fn run(&self) -> ! {
         loop {
-            let mut q = lock(&self.queue);
-            while q.is_empty() {
-                q = self.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
-            }
-            let deadline = Instant::now() + PERIOD;
-            while q.len() < FLUSH_AT {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                q = match self.wake.wait_timeout(q, left) {
-                    Ok((q, _)) => q,
-                    Err(p) => p.into_inner().0,
-                };
-            }
-            drop(q);
-            self.drain_with(write_stderr);
+            self.write_batch(write_stderr);
         }
+    }
+
+    /// Waits for a line, lets more gather for [`PERIOD`] (or until [`FLUSH_AT`] bytes), then
+    /// writes them all.
+    fn write_batch(&self, write: impl FnMut(&[u8]) -> io::Result<()>) {
+        let mut q = lock(&self.queue);
+        while q.is_empty() {
+            q = self.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
+        }
+        let deadline = Instant::now() + PERIOD;
+        while q.len() < FLUSH_AT {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            q = match self.wake.wait_timeout(q, left) {
+                Ok((q, _)) => q,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        drop(q);
+        self.drain_with(write);
     }
 }
 
@@ -1048,6 +1054,37 @@ mod tests {
                     "{format:?} {s:?}"
                 );
             }
+        }
+    }
+
+    /// The writer sleeps until a line arrives (no polling), then lets a batch gather instead
+    /// of writing line by line.
+    #[test]
+    fn the_writer_wakes_for_a_line_and_writes_a_batch() {
+        use std::sync::{mpsc, Arc};
+        let log = Arc::new(AccessLog::new(LogFormat::Text, CAP));
+        let mut one = Vec::new();
+        format_line(LogFormat::Text, &typical(), at(), &mut one);
+        for lines in [1, FLUSH_AT / one.len() + 1] {
+            let (tx, rx) = mpsc::channel();
+            let writer = log.clone();
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let mut writes = 0;
+                writer.write_batch(|c| {
+                    out.extend_from_slice(c);
+                    writes += 1;
+                    Ok(())
+                });
+                let _ = tx.send((out, writes));
+            });
+            for _ in 0..lines {
+                log.record(&typical());
+            }
+            let (out, writes) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert_eq!(out.len(), lines * one.len());
+            assert_eq!(writes, 1);
+            assert_eq!(log.queued(), 0);
         }
     }
 
