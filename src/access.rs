@@ -77,6 +77,8 @@ pub struct AccessLog {
     /// [`LogFormat`] as a byte, so the process-wide log can be a `static` set by [`init`].
     format: AtomicU8,
     cap: usize,
+    /// How long a batch gathers ([`PERIOD`]; tests choose).
+    period: Duration,
     /// Lines not yet taken by a writer: the only lock the request path takes.
     queue: Mutex<Vec<u8>>,
     /// Wakes the writer thread: on a batch's first line, and when [`FLUSH_AT`] is passed.
@@ -85,6 +87,9 @@ pub struct AccessLog {
     /// only once everything queued before it is out (also what another drain is writing).
     batch: Mutex<Vec<u8>>,
     dropped: AtomicU64,
+    /// Times the writer began waiting out a batch's period (tests wait for it).
+    #[cfg(test)]
+    windows: std::sync::atomic::AtomicUsize,
 }
 
 const TEXT: u8 = 0;
@@ -108,10 +113,13 @@ impl AccessLog {
         AccessLog {
             format: AtomicU8::new(format_byte(format)),
             cap,
+            period: PERIOD,
             queue: Mutex::new(Vec::new()),
             wake: Condvar::new(),
             batch: Mutex::new(Vec::new()),
             dropped: AtomicU64::new(0),
+            #[cfg(test)]
+            windows: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -188,19 +196,21 @@ impl AccessLog {
         }
     }
 
-    /// Waits for a line, lets more gather for [`PERIOD`] (or until [`FLUSH_AT`] bytes), then
+    /// Waits for a line, lets more gather for the period (or until [`FLUSH_AT`] bytes), then
     /// writes them all.
     fn write_batch(&self, write: impl FnMut(&[u8]) -> io::Result<()>) {
         let mut q = lock(&self.queue);
         while q.is_empty() {
             q = self.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
         }
-        let deadline = Instant::now() + PERIOD;
+        let deadline = Instant::now() + self.period;
         while q.len() < FLUSH_AT {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
+            #[cfg(test)]
+            self.windows.fetch_add(1, Ordering::SeqCst);
             q = match self.wake.wait_timeout(q, left) {
                 Ok((q, _)) => q,
                 Err(p) => p.into_inner().0,
@@ -932,7 +942,8 @@ mod tests {
     fn a_drain_waits_for_the_one_under_way_and_loses_nothing() {
         use std::sync::atomic::AtomicBool;
         use std::sync::Arc;
-        let log = Arc::new(AccessLog::new(LogFormat::Text, CAP));
+        // Room for every line, however far the drainers fall behind on a busy machine.
+        let log = Arc::new(AccessLog::new(LogFormat::Text, 64 * CAP));
         let out = Arc::new(Mutex::new(Vec::<u8>::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let writers: Vec<_> = (0..2)
@@ -962,8 +973,8 @@ mod tests {
         for w in writers {
             w.join().unwrap();
         }
-        assert_eq!(lines, n);
         assert_eq!(log.dropped(), 0);
+        assert_eq!(lines, n);
         let text = String::from_utf8(lock(&out).clone()).unwrap();
         assert!(text
             .lines()
@@ -1057,18 +1068,28 @@ mod tests {
         }
     }
 
-    /// The writer sleeps until a line arrives (no polling), then lets a batch gather instead
-    /// of writing line by line.
+    /// The writer sleeps until a line arrives (no polling) and writes after the period; a
+    /// batch that passes [`FLUSH_AT`] goes at once: with an hour's period, only the early
+    /// wake-up can end the batch within the test's 10 s (the line that passes it is recorded
+    /// once the writer waits out the period).
     #[test]
-    fn the_writer_wakes_for_a_line_and_writes_a_batch() {
+    fn the_writer_wakes_for_a_line_and_for_a_full_batch() {
         use std::sync::{mpsc, Arc};
-        let log = Arc::new(AccessLog::new(LogFormat::Text, CAP));
         let mut one = Vec::new();
         format_line(LogFormat::Text, &typical(), at(), &mut one);
-        for lines in [1, FLUSH_AT / one.len() + 1] {
+        for (period, lines) in [
+            (Duration::from_millis(10), 1),
+            (Duration::from_secs(3600), (FLUSH_AT - 1) / one.len() + 1),
+        ] {
+            let log = Arc::new(AccessLog {
+                period,
+                ..AccessLog::new(LogFormat::Text, CAP)
+            });
             let (tx, rx) = mpsc::channel();
+            let (up, started) = mpsc::channel();
             let writer = log.clone();
             std::thread::spawn(move || {
+                let _ = up.send(());
                 let mut out = Vec::new();
                 let mut writes = 0;
                 writer.write_batch(|c| {
@@ -1078,12 +1099,23 @@ mod tests {
                 });
                 let _ = tx.send((out, writes));
             });
-            for _ in 0..lines {
+            started.recv_timeout(Duration::from_secs(10)).unwrap();
+            for _ in 1..lines {
                 log.record(&typical());
             }
+            if lines > 1 {
+                let t = Instant::now();
+                while log.windows.load(Ordering::SeqCst) == 0 {
+                    assert!(
+                        t.elapsed() < Duration::from_secs(10),
+                        "the writer never waited"
+                    );
+                    std::thread::yield_now();
+                }
+            }
+            log.record(&typical());
             let (out, writes) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-            assert_eq!(out.len(), lines * one.len());
-            assert_eq!(writes, 1);
+            assert_eq!((out.len(), writes), (lines * one.len(), 1));
             assert_eq!(log.queued(), 0);
         }
     }
