@@ -1121,6 +1121,27 @@ mod tests {
     }
 
     #[test]
+    fn enabled_follows_the_tracing_filter() {
+        for (filter, want) in [
+            ("info", true),
+            ("debug", true),
+            ("warn", false),
+            ("info,switchboard::access=off", false),
+            ("warn,switchboard::access=info", true),
+        ] {
+            let sub = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(io::sink)
+                .finish();
+            assert_eq!(
+                tracing::subscriber::with_default(sub, enabled),
+                want,
+                "{filter}"
+            );
+        }
+    }
+
+    #[test]
     fn millis_print_like_tracing_did() {
         for us in [
             0u64,
