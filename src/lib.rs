@@ -3,6 +3,7 @@
 //! Each concern has its own module; [`proxy`] only orchestrates them inside Pingora's hooks.
 //! Vendor knowledge lives in `config/profiles/*.yaml`, never in Rust.
 
+pub mod access;
 pub mod admin;
 pub mod cli;
 pub mod config;

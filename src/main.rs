@@ -121,6 +121,7 @@ fn init_logging(format: LogFormat, level: &str) {
             }
         }
     }
+    switchboard::access::init(format);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
