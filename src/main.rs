@@ -122,8 +122,11 @@ fn init_logging(format: LogFormat, level: &str) {
         }
     }
     switchboard::access::init(format);
+    // Colour only on a terminal: a log collector would store the escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
@@ -158,7 +161,9 @@ fn run(file: &std::path::Path) -> ExitCode {
         Err(code) => return code,
     };
     init_logging(cfg.log.format, &cfg.log.level);
-    match switchboard::server::run(&cfg) {
+    let ran = switchboard::server::run(&cfg);
+    switchboard::access::flush();
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchboard: {e}");
@@ -286,7 +291,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
             println!("{}", demo::banner(&cfg));
-            match switchboard::server::run(&cfg) {
+            let ran = switchboard::server::run(&cfg);
+            switchboard::access::flush();
+            match ran {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("switchboard demo: {e}");

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub inflight: IntGaugeVec,
     /// `switchboard_cost_unreadable_total{vendor,endpoint}`
     pub cost_unreadable: IntCounterVec,
+    /// `switchboard_access_log_dropped_total`: set from [`crate::access::dropped`] at scrape.
+    access_dropped: prometheus::IntCounter,
     /// `switchboard_upstream_attempts_total{vendor,endpoint,status}`
     pub upstream_attempts: IntCounterVec,
     /// `switchboard_retries_total{vendor,endpoint,reason}`
@@ -192,6 +194,11 @@ impl Metrics {
             "Requests on an endpoint with a cost whose body could not be read for it (charged 1 token)",
             &["vendor", "endpoint"],
         )?;
+        let access_dropped = prometheus::IntCounter::new(
+            "switchboard_access_log_dropped_total",
+            "Access-log lines dropped because stderr could not keep up (the line buffer was full) or a write failed",
+        )?;
+        registry.register(Box::new(access_dropped.clone()))?;
         let inflight = gauge(
             "switchboard_inflight",
             "Requests at the vendor now: an attempt under way (connecting included), its answer not yet complete",
@@ -279,6 +286,7 @@ impl Metrics {
             ratelimit_keys,
             inflight,
             cost_unreadable,
+            access_dropped,
             upstream_attempts,
             retries,
             retry_giveups,
@@ -363,6 +371,13 @@ impl Metrics {
     /// The Prometheus text exposition of every family.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
+        // The access log counts what it drops on its own (it has no registry); a counter only
+        // grows, so it is brought up to that count.
+        let dropped = crate::access::dropped();
+        let counted = self.access_dropped.get();
+        if dropped > counted {
+            self.access_dropped.inc_by(dropped - counted);
+        }
         let families = self.registry.gather();
         if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
             tracing::error!(error = %e, "metrics encoding failed");

@@ -303,6 +303,7 @@ async fn handle_signals(
                     draining = lifecycle.is_draining(),
                     "SIGINT: exiting now"
                 );
+                crate::access::flush();
                 std::process::exit(SIGINT_EXIT);
             }
             _ = s.hup.recv() => {
@@ -344,12 +345,14 @@ async fn exit_when_drained(lifecycle: Arc<Lifecycle>, deadline: Instant) {
                 inflight = lifecycle.inflight(),
                 "grace period over; exiting"
             );
+            crate::access::flush();
             std::process::exit(0);
         }
         if lifecycle.inflight() == 0 {
             let since = *idle_since.get_or_insert(now);
             if now.duration_since(since) >= settle {
                 tracing::info!("drained; exiting");
+                crate::access::flush();
                 std::process::exit(0);
             }
         } else {

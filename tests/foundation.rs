@@ -441,7 +441,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let mut sb = Sb::start_with(
         &vendor_yaml("tryvox", port, &format!("http://{}", sim.addr()), ""),
         "10s",
-        &[],
+        &[("SWITCHBOARD__LOG__LEVEL", "info".to_string())],
     );
     let inflight = tokio::spawn(async move { get(local(port), "/v1/calls").await });
     until("the vendor to get the request", WAIT, || {
@@ -469,6 +469,14 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     assert_eq!(r.json()["done"], true);
     let (code, _) = sb.wait_exit(Duration::from_secs(5));
     assert_eq!(code, Some(0));
+    // The drained request's access line was written before the exit (lines are buffered
+    // off the request's path, and flushed by the exit).
+    let logs = sb.stderr();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("switchboard::access") && l.contains("status=200")),
+        "{logs}"
+    );
     // Exited soon after the drain, not after the 10 s grace period.
     assert!(
         t0.elapsed() < Duration::from_secs(5),

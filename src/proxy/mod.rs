@@ -330,19 +330,20 @@ impl Switchboard {
                 ctx.request.id
             );
         }
-        tracing::info!(
-            target: "switchboard::access",
-            request_id = %ctx.request.id,
-            vendor = %v.cfg.name,
-            endpoint,
-            method,
-            status,
-            upstream_status = a.status,
-            code = ctx.answer.error.map(|(c, _)| c.as_str()),
-            attempts = a.made,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            upstream_ms = a.elapsed.map(|d| d.as_secs_f64() * 1000.0),
-            error = cut.map(|e| e.to_string()),
-        );
+        if crate::access::enabled() {
+            crate::access::record(&crate::access::Entry {
+                request_id: &ctx.request.id,
+                vendor: &v.cfg.name,
+                endpoint,
+                method,
+                status,
+                upstream_status: a.status,
+                code: ctx.answer.error.map(|(c, _)| c.as_str()),
+                attempts: a.made,
+                duration: elapsed,
+                upstream: a.elapsed,
+                error: cut.map(|e| e as &dyn std::fmt::Display),
+            });
+        }
     }
 }
