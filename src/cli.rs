@@ -115,7 +115,7 @@ pub fn normalize(
         status_line.trim_end()
     );
     for (k, v) in env.headers() {
-        out.push_str(&format!("{k}: {v}\n"));
+        out.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("")));
     }
     let json = serde_json::to_string_pretty(env).map_err(|e| e.to_string())?;
     out.push('\n');

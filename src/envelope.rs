@@ -6,6 +6,8 @@
 //! with serde, never by string formatting, so they are always valid JSON.
 
 use serde::Serialize;
+
+use crate::http::headers::X_REQUEST_ID;
 use serde_json::Value;
 
 /// Largest vendor message kept in `error.message`, in bytes (SPEC §4).
@@ -322,17 +324,28 @@ impl Envelope {
     }
 
     /// Response headers that accompany the body (besides content type and length).
-    pub fn headers(&self) -> Vec<(&'static str, String)> {
-        let mut h = vec![
-            ("x-switchboard-error", self.error.code.as_str().to_string()),
-            ("x-request-id", self.request_id.clone()),
-        ];
-        if let Some(s) = self.error.retry_after_s {
-            h.push(("retry-after", s.to_string()));
-        }
-        h
+    /// Values built without parsing: the code is a static name, the retry hint a number, and
+    /// the request id printable ASCII (see `http::headers::request_id`; one that were not
+    /// would be left out rather than fail the answer).
+    pub fn headers(&self) -> impl Iterator<Item = (http::HeaderName, http::HeaderValue)> + '_ {
+        let code = http::HeaderValue::from_static(self.error.code.as_str());
+        let id = http::HeaderValue::from_str(&self.request_id).ok();
+        [
+            Some((X_SWITCHBOARD_ERROR, code)),
+            id.map(|v| (X_REQUEST_ID, v)),
+            self.error
+                .retry_after_s
+                .map(|s| (http::header::RETRY_AFTER, http::HeaderValue::from(s))),
+        ]
+        .into_iter()
+        .flatten()
     }
 }
+
+/// The canonical code of an answer that is an error, on every error answer (envelope or the
+/// vendor's own).
+pub const X_SWITCHBOARD_ERROR: http::HeaderName =
+    http::HeaderName::from_static("x-switchboard-error");
 
 /// Cuts a message to [`MAX_MESSAGE_BYTES`] on a char boundary.
 pub fn cap_message(mut s: String) -> String {
@@ -426,7 +439,7 @@ mod tests {
         assert_eq!(v["error"]["upstream"], Value::Null);
         assert_eq!(v["request_id"], "sb-1");
         assert_eq!(e.status(), 504);
-        assert!(e.headers().contains(&("retry-after", "3".to_string())));
+        assert!(e.headers().any(|(k, v)| k == "retry-after" && v == "3"));
     }
 
     #[test]
@@ -453,7 +466,7 @@ mod tests {
             (e.error.vendor.as_str(), e.request_id.as_str()),
             ("tryvox", "sb-2")
         );
-        assert!(e.headers().contains(&("retry-after", "9".to_string())));
+        assert!(e.headers().any(|(k, v)| k == "retry-after" && v == "9"));
         assert_eq!(
             extra,
             [

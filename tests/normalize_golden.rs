@@ -42,8 +42,12 @@ fn answer(profile: &Profile, vendor: &str, f: &Capture) -> Value {
     let env = &n.envelope;
     let headers: serde_json::Map<String, Value> = env
         .headers()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), Value::String(v)))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                Value::String(v.to_str().unwrap().to_string()),
+            )
+        })
         .collect();
     json!({
         "status": env.status(),

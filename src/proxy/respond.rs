@@ -75,18 +75,21 @@ async fn rendered(
 /// `extra` last.
 async fn write_error(
     session: &mut Session,
-    (status, content_type, own): (u16, &str, &[(http::HeaderName, http::HeaderValue)]),
+    (status, content_type, own): (u16, &'static str, &[(http::HeaderName, http::HeaderValue)]),
     body: Bytes,
     env: &Envelope,
     extra: &[(&'static str, String)],
 ) -> Written {
+    use http::{header, HeaderValue};
+    // Names as constants and values built without parsing where they are known: each
+    // header parsed from text costs as much as the rest of its insert.
     let mut h = ResponseHeader::build(status, Some(8))?;
-    h.insert_header("content-type", content_type)?;
+    h.insert_header(header::CONTENT_TYPE, HeaderValue::from_static(content_type))?;
     for (k, v) in own {
         h.insert_header(k.clone(), v.clone())?;
     }
-    h.insert_header("content-length", body.len().to_string())?;
-    h.insert_header("cache-control", "no-store")?;
+    h.insert_header(header::CONTENT_LENGTH, HeaderValue::from(body.len()))?;
+    h.insert_header(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))?;
     for (k, v) in env.headers() {
         h.insert_header(k, v)?;
     }
@@ -249,7 +252,10 @@ pub async fn as_sent(session: &mut Session, ctx: &mut Ctx, env: &Envelope, raw: 
         mut rest,
     } = raw;
     ctx.answered(resp.status.as_u16(), Some(env));
-    resp.insert_header("x-switchboard-error", env.error.code.as_str())?;
+    resp.insert_header(
+        crate::envelope::X_SWITCHBOARD_ERROR,
+        http::HeaderValue::from_static(env.error.code.as_str()),
+    )?;
     if let Some(s) = env.error.retry_after_s {
         if !resp.headers.contains_key(http::header::RETRY_AFTER) {
             resp.insert_header(http::header::RETRY_AFTER, s.to_string())?;
