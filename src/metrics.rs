@@ -372,7 +372,8 @@ impl Metrics {
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
         // The access log counts what it drops on its own (it has no registry); a counter only
-        // grows, so it is brought up to that count.
+        // grows, so it is brought up to that count. Scrapes do not race here: the admin
+        // service runs one thread and this read-then-add has no await in between.
         let dropped = crate::access::dropped();
         let counted = self.access_dropped.get();
         if dropped > counted {

@@ -287,3 +287,60 @@ async fn a_retry_that_gets_no_rate_limit_token_is_not_sent() {
         "a retry that was not sent is not counted as one"
     );
 }
+
+/// Only a WebSocket handshake is relayed. An h2c upgrade is an ordinary request with its
+/// upgrade dropped (a vendor accepting it would otherwise get a tunnel past the limits), and a
+/// request with a body and an `Upgrade` header has its body sent like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_websocket_handshakes_are_relayed_other_upgrades_are_ordinary_requests() {
+    let scenario =
+        "rules:\n  - match: { path_prefix: /media }\n    steps: [ { action: upgrade } ]\n";
+    let (s, _sb, addr) = proxied("tryvox", scenario, "", &[]).await;
+    let h2c = "GET /media HTTP/1.1\r\nHost: app.local\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nAuthorization: Bearer sk_test_up\r\n\r\n";
+    let r = send(addr, h2c.as_bytes()).await;
+    // This vendor switches protocols on /media whatever it is asked: a switch to a request
+    // that asked for none is the vendor's fault, not a tunnel for the app.
+    assert_eq!(r.status, 503, "{:?} {}", r.headers, r.text());
+    assert_eq!(r.json()["error"]["code"], "upstream_unavailable");
+    let seen = s.requests();
+    assert!(!seen.is_empty());
+    for up in &seen {
+        for h in ["upgrade", "http2-settings", "connection"] {
+            assert_eq!(up.header(h), None, "{h} reached the vendor");
+        }
+    }
+    let before = seen.len();
+
+    let body = br#"{"hello":"vendor"}"#;
+    let post = format!(
+        "POST /media HTTP/1.1\r\nHost: app.local\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut raw = post.into_bytes();
+    raw.extend_from_slice(body);
+    let r = send(addr, &raw).await;
+    // A POST whose answer was garbled is never sent again: it may have been processed.
+    assert_eq!(r.json()["error"]["code"], "outcome_unknown", "{}", r.text());
+    let seen = s.requests();
+    assert_eq!(seen.len(), before + 1);
+    let post = &seen[before];
+    assert_eq!(post.body, body.to_vec(), "the body went with the request");
+    assert_eq!(post.header("upgrade"), None);
+}
+
+/// A vendor that takes an upgrade request and never answers it is timed out like any other
+/// request (`timeouts.response`), not waited on for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vendor_silent_on_an_upgrade_is_an_upstream_timeout() {
+    let scenario = "rules:\n  - match: { path_prefix: /media }\n    steps: [ { action: upgrade, delay: 30s } ]\n";
+    let extra = "    timeouts: { connect: 1s, response: 500ms }\n";
+    let (_s, _sb, addr) = proxied("tryvox", scenario, extra, &[]).await;
+    let handshake = format!(
+        "GET /media HTTP/1.1\r\nHost: app.local\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    let r = tokio::time::timeout(WAIT, send(addr, handshake.as_bytes()))
+        .await
+        .expect("an answer, not a hang");
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "upstream_timeout");
+}

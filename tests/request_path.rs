@@ -401,3 +401,23 @@ async fn a_vendor_trickling_1xx_lines_is_cut_at_the_deadline() {
     assert!(took >= Duration::from_millis(600), "{took:?}");
     assert!(took < Duration::from_secs(5), "answered after {took:?}");
 }
+
+/// A malformed request's error carries the raw bytes read (its headers, its query) as
+/// context: at `debug`, where Switchboard logs why it refused one, only the error's kind is
+/// printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_request_is_logged_without_its_bytes() {
+    let env = [("SWITCHBOARD__LOG__LEVEL", "debug".to_string())];
+    let (_s, sb, addr) = proxied("tryvox", "", "", &env).await;
+    let raw = b"GET /v1/calls?api_key=QuerySecret42 HTTP/1.1\r\nHost: app.local\r\nAuthorization: Bearer sk_live_Malformed88\r\nBad Header Line\r\n\r\n";
+    let r = send(addr, raw).await;
+    assert_eq!(r.status, 400);
+    let log = until("the malformed request's log line", WAIT, || {
+        let e = sb.stderr();
+        e.contains("malformed request").then_some(e)
+    })
+    .await;
+    for secret in ["QuerySecret42", "Malformed88"] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+}

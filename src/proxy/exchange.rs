@@ -561,6 +561,14 @@ impl Exchange {
         // Later reads (the body) are timed one by one, as configured.
         up.set_read_timeout(Some(cfg.timeouts.response));
         let status = resp.status.as_u16();
+        // Upgrades are relayed elsewhere; a switch to a request that asked for none would
+        // leave the app's connection speaking a protocol it never chose.
+        if status == 101 {
+            return Err(Failure::Transport(pingora::Error::explain(
+                pingora::ErrorType::InvalidHTTPHeader,
+                "101 Switching Protocols to a request that asked for no upgrade",
+            )));
+        }
         ctx.attempt.status = Some(status);
         if let Some(t) = ctx.attempt.started {
             let took = t.elapsed();

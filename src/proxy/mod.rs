@@ -264,6 +264,11 @@ impl Switchboard {
         let Some(vendor) = self.vendor_for(session) else {
             return Error::e_explain(ErrorType::InternalError, "request on an unknown listener");
         };
+        let mut relay = session.is_upgrade_req();
+        if relay && !upgrade::is_websocket(session.req_header()) {
+            upgrade::refuse(session.req_header_mut());
+            relay = false;
+        }
         let req = session.req_header();
         ctx.request.id = headers::request_id(
             req.headers
@@ -277,7 +282,7 @@ impl Switchboard {
         match self.exchange.admit(session, ctx, &vendor).await {
             Some(written) => written,
             // Protocol upgrades (WebSocket media streams) are relayed, not exchanged.
-            None if session.is_upgrade_req() => {
+            None if relay => {
                 let upstreams = self.exchange.upstreams();
                 Box::pin(upgrade::pass(upstreams, session, ctx, &vendor)).await
             }
@@ -288,7 +293,13 @@ impl Switchboard {
     /// What one request leaves behind once it is answered (or cut): its metrics and its
     /// access-log line. `cut` is why the stream was cut, if it was.
     pub fn finished(&self, session: &Session, ctx: &Ctx, cut: Option<&Error>) {
-        let Some(v) = &ctx.route.vendor else { return };
+        let cut = cut.map(Summary);
+        let Some(v) = &ctx.route.vendor else {
+            if let Some(e) = cut {
+                tracing::warn!("request failed before it was routed: {e}");
+            }
+            return;
+        };
         let method = session.req_header().method.as_str();
         let endpoint = v.router.name(ctx.route.endpoint);
         let status = ctx
@@ -342,8 +353,22 @@ impl Switchboard {
                 attempts: a.made,
                 duration: elapsed,
                 upstream: a.elapsed,
-                error: cut.map(|e| e as &dyn std::fmt::Display),
+                error: cut.as_ref().map(|e| e as &dyn std::fmt::Display),
             });
+        }
+    }
+}
+
+/// An error as logs may show it: a malformed message's error carries the raw bytes read
+/// (request headers with keys, query strings) as its context, so only its type is shown.
+#[derive(Clone, Copy)]
+struct Summary<'a>(&'a Error);
+
+impl std::fmt::Display for Summary<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.etype() {
+            ErrorType::InvalidHTTPHeader => f.write_str("InvalidHTTPHeader (message not shown)"),
+            _ => self.0.fmt(f),
         }
     }
 }

@@ -26,6 +26,10 @@ use tokio::sync::Notify;
 
 use super::{Ctx, Switchboard};
 
+/// How long an idle keep-alive connection waits for its next request, in seconds (what
+/// Pingora gives a connection's first request).
+const KEEPALIVE_S: u64 = 60;
+
 /// The app every vendor listener runs.
 pub struct Serve {
     handler: Switchboard,
@@ -81,13 +85,16 @@ impl HttpServerApp for Serve {
             // The client closed an idle connection.
             Ok(false) => return None,
             Err(e) => {
+                // The error's type only: its context carries the raw request bytes (keys,
+                // query strings).
+                let kind = e.etype().as_str();
                 if *e.etype() == ErrorType::InvalidHTTPHeader {
                     // A malformed request: said so, and the connection closed (what follows
                     // it cannot be framed).
-                    tracing::debug!(error = %e, "malformed request");
+                    tracing::debug!(error = kind, "malformed request");
                     let _ = session.respond_error(400).await;
                 } else {
-                    tracing::debug!(error = %e, "reading a request failed");
+                    tracing::debug!(error = kind, "reading a request failed");
                 }
                 session.shutdown().await;
                 return None;
@@ -107,8 +114,20 @@ impl HttpServerApp for Serve {
         let written = self.handler.handle(&mut session, &mut ctx).await;
         self.handler
             .finished(&session, &ctx, written.as_ref().err().map(|e| &**e));
-        // A cut answer leaves the connection in no state to reuse.
-        written.ok()?;
+        if written.is_err() {
+            if session.response_written().is_none() {
+                // Failed before a byte of an answer went out (the app's connection is
+                // usually gone then): a bare 502 if it is still there, never silence.
+                let _ = session.respond_error(502).await;
+            }
+            // A cut answer leaves the connection in no state to reuse.
+            return None;
+        }
+        // Pingora keeps an HTTP/1.1 connection open forever once a request asked for
+        // keep-alive; an idle one is closed after the 60 s it allows the first request.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(KEEPALIVE_S));
+        }
         let settings = HttpPersistentSettings::for_session(&session);
         match session.finish().await {
             Ok(reusable) => reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),

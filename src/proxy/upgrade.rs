@@ -4,7 +4,18 @@
 //!
 //! No limit but the rate limit applies (a stream is not an attempt to retry), nothing is
 //! normalised: a vendor refusing the upgrade is answered as it answered.
+//!
+//! Only a WebSocket handshake is relayed ([`is_websocket`]): any other `Upgrade` (h2c, or one
+//! on a request with a body) is dropped from the request, which then goes through the
+//! exchange like any other — a vendor must not be able to turn a request into a tunnel past
+//! the limits.
+//!
+//! Every read and write towards the vendor is timed by `timeouts.response`, before and after
+//! the switch (as Pingora's own proxy loop timed them): a vendor silent that long ends the
+//! stream. The two directions take turns: a write that cannot proceed within that time ends
+//! the stream rather than waiting on a peer that reads nothing.
 
+use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::ServerSession as Session;
 use pingora::{Error, ErrorType};
@@ -15,6 +26,29 @@ use super::respond::{self, Written};
 use super::{Ctx, VendorRuntime};
 use crate::http::pool::Upstreams;
 use crate::http::upstream;
+
+/// Whether `req` is a WebSocket opening handshake (RFC 6455 §4.1): a `GET` asking to upgrade
+/// to `websocket`, with no body.
+pub fn is_websocket(req: &RequestHeader) -> bool {
+    let h = &req.headers;
+    let upgrade = h
+        .get(http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let body = h.contains_key(http::header::TRANSFER_ENCODING)
+        || h.get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    req.method == http::Method::GET && upgrade && !body
+}
+
+/// Removes an upgrade Switchboard does not relay, so the request is an ordinary one: the
+/// `Upgrade` header and h2c's `HTTP2-Settings` go. `Connection` stays, for what it says about
+/// this connection (`close`); the exchange drops it, and what it names, on the way upstream.
+pub fn refuse(req: &mut RequestHeader) {
+    crate::http::headers::remove(req, &http::header::UPGRADE);
+    crate::http::headers::remove(req, &HTTP2_SETTINGS);
+}
+
+const HTTP2_SETTINGS: http::HeaderName = http::HeaderName::from_static("http2-settings");
 
 /// Sends the upgrade request in `session` to the vendor and, once it switches protocols,
 /// relays bytes both ways until one side closes. Failures before the vendor answered get
@@ -47,12 +81,25 @@ async fn connect(
     let peer = vendor.peer(addr, t.response);
     ctx.attempt.made += 1;
     let mut up = upstreams.get(&peer).await?;
+    // The pool's sessions carry no I/O timeouts of their own.
+    up.set_read_timeout(Some(t.response));
+    up.set_write_timeout(Some(t.response));
     let mut req = Box::new(session.req_header().clone());
     upstream::prepare(&mut req, &vendor.host, &OWN_HEADERS);
     ctx.attempt.sent = true;
     ctx.attempt.started = Some(std::time::Instant::now());
     up.write_request_header(req).await?;
-    let resp = upstream::read_final_header(&mut up).await?;
+    // One timer for the whole header: a vendor trickling 1xx lines would restart a per-read one.
+    let resp =
+        match pingora::prelude::timeout(t.response, upstream::read_final_header(&mut up)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Failure::Transport(Error::explain(
+                    ErrorType::ReadTimedout,
+                    "no response header within timeouts.response",
+                )))
+            }
+        };
     ctx.attempt.status = Some(resp.status.as_u16());
     ctx.attempt.elapsed = ctx.attempt.started.map(|t| t.elapsed());
     Ok(up)
@@ -70,6 +117,11 @@ async fn relay(session: &mut Session, ctx: &mut Ctx, mut up: UpstreamSession) ->
     let UpstreamSession::H1(h1) = &mut up else {
         return Error::e_explain(ErrorType::InternalError, "upgrade over HTTP/2");
     };
+    // A 101 the codec did not take as an upgrade (an HTTP/1.0 one, say) has no byte stream
+    // behind it: relaying would drop what the app sends.
+    if !h1.was_upgraded() {
+        return Error::e_explain(ErrorType::InvalidHTTPHeader, "101 without an upgrade");
+    }
     respond::switch(session, ctx, resp).await?;
     // What the app sends after the handshake is upgraded bytes, close-delimited upstream.
     h1.maybe_upgrade_body_writer();
@@ -77,7 +129,9 @@ async fn relay(session: &mut Session, ctx: &mut Ctx, mut up: UpstreamSession) ->
         tokio::select! {
             from_app = session.read_request_body() => match from_app? {
                 Some(bytes) => {
-                    h1.write_body(&bytes).await?;
+                    if h1.write_body(&bytes).await?.is_none() {
+                        return Error::e_explain(ErrorType::WriteError, "vendor stream closed");
+                    }
                 }
                 // The app closed its side: the stream is over (the vendor sees the close
                 // when the connection, never pooled, is dropped).
