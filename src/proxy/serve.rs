@@ -26,10 +26,6 @@ use tokio::sync::Notify;
 
 use super::{Ctx, Switchboard};
 
-/// How long an idle keep-alive connection waits for its next request, in seconds (what
-/// Pingora gives a connection's first request).
-const KEEPALIVE_S: u64 = 60;
-
 /// The app every vendor listener runs.
 pub struct Serve {
     handler: Switchboard,
@@ -123,11 +119,10 @@ impl HttpServerApp for Serve {
             // A cut answer leaves the connection in no state to reuse.
             return None;
         }
-        // Pingora keeps an HTTP/1.1 connection open forever once a request asked for
-        // keep-alive; an idle one is closed after the 60 s it allows the first request.
-        if session.get_keepalive().is_some() {
-            session.set_keepalive(Some(KEEPALIVE_S));
-        }
+        // An idle keep-alive connection waits for its next request with no timer: Pingora
+        // makes the wait unbounded once a request asked for keep-alive, and a 60 s timer on
+        // every wait cost 1,800 instructions a request (benches/RESULTS.md). The listener is
+        // the app's own, on loopback: its HTTP client closes what it pools.
         let settings = HttpPersistentSettings::for_session(&session);
         match session.finish().await {
             Ok(reusable) => reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
