@@ -108,17 +108,15 @@ impl HttpServerApp for Serve {
         }
         let mut ctx = Ctx::new(self.handler.lifecycle().track());
         let written = self.handler.handle(&mut session, &mut ctx).await;
+        if written.is_err() && session.response_written().is_none() {
+            // Failed before a byte of an answer went out (the app's connection is usually
+            // gone then): a bare 502 if it is still there, never silence; counted as such.
+            let _ = session.respond_error(502).await;
+        }
         self.handler
             .finished(&session, &ctx, written.as_ref().err().map(|e| &**e));
-        if written.is_err() {
-            if session.response_written().is_none() {
-                // Failed before a byte of an answer went out (the app's connection is
-                // usually gone then): a bare 502 if it is still there, never silence.
-                let _ = session.respond_error(502).await;
-            }
-            // A cut answer leaves the connection in no state to reuse.
-            return None;
-        }
+        // A cut answer leaves the connection in no state to reuse.
+        written.ok()?;
         // An idle keep-alive connection waits for its next request with no timer: Pingora
         // makes the wait unbounded once a request asked for keep-alive, and a 60 s timer on
         // every wait cost 1,800 instructions a request (benches/RESULTS.md). The listener is
