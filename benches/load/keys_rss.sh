@@ -18,11 +18,11 @@ YAML
 sb_yaml 2 1h
 
 "$BIN" simulate --vendor tryvox --listen 127.0.0.1:18090 --scenario "$work/scenario.yaml" >/dev/null & pids+=($!)
-"$BIN" --config "$work/sb.yaml" 2>"$work/sb.log" & SB=$!; pids+=($SB)
+"$BIN" --config "$work/sb.yaml" 2>"$work/sb.log" & SB=$!; pids+=("$SB")
 for _ in $(seq 100); do curl -sf http://127.0.0.1:19901/readyz >/dev/null && break; sleep 0.1; done
 rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' /proc/$SB/status; }
 keys() { curl -s http://127.0.0.1:19901/metrics | awk '/^switchboard_ratelimit_keys/ {print $2}'; }
 
 echo "idle: $(rss)"
-wrk -t2 -c16 -d${DURATION:-30s} -s benches/load/keys.lua http://127.0.0.1:18081 | grep -E "Requests/sec|requests in"
+wrk -t2 -c16 -d"${DURATION:-30s}" -s benches/load/keys.lua http://127.0.0.1:18081 | grep -E "Requests/sec|requests in"
 echo "after: $(rss), live keys: $(keys)"

@@ -67,7 +67,7 @@ before=$(decisions)
 for r in $(seq "$ROUNDS"); do
   for t in local shared; do
     port=18081; [ $t = shared ] && port=18082
-    read -r rps p50 p99 p999 errs n <<<"$(run $port)"
+    read -r rps p50 p99 p999 errs _ <<<"$(run $port)"
     P99[$t]+="$p99 "
     echo "| $r | $t | $rps | $p50 | $p99 | $p999 | $errs |"
   done
