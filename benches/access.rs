@@ -56,24 +56,6 @@ fn ours(c: &mut Criterion, name: &str, format: LogFormat) {
     });
 }
 
-/// The line as `proxy::logging` wrote it before: same fields, same types.
-fn via_tracing(e: &Entry<'_>) {
-    tracing::info!(
-        target: "switchboard::access",
-        request_id = %e.request_id,
-        vendor = %e.vendor,
-        endpoint = e.endpoint,
-        method = e.method,
-        status = e.status,
-        upstream_status = e.upstream_status,
-        code = e.code,
-        attempts = e.attempts,
-        duration_ms = e.duration.as_secs_f64() * 1000.0,
-        upstream_ms = e.upstream.map(|d| d.as_secs_f64() * 1000.0),
-        error = e.error.map(|e| e.to_string()),
-    );
-}
-
 fn lines(c: &mut Criterion) {
     ours(c, "access/json", LogFormat::Json);
     ours(c, "access/text", LogFormat::Text);
@@ -86,7 +68,7 @@ fn lines(c: &mut Criterion) {
         .finish();
     tracing::subscriber::with_default(json, || {
         c.bench_function("access/tracing_json (baseline)", |b| {
-            b.iter(|| via_tracing(black_box(&e)))
+            b.iter(|| access::tracing_event(black_box(&e)))
         });
         c.bench_function("access/enabled", |b| b.iter(access::enabled));
     });
@@ -97,7 +79,7 @@ fn lines(c: &mut Criterion) {
         .finish();
     tracing::subscriber::with_default(text, || {
         c.bench_function("access/tracing_text (baseline)", |b| {
-            b.iter(|| via_tracing(black_box(&e)))
+            b.iter(|| access::tracing_event(black_box(&e)))
         });
     });
 }

@@ -406,6 +406,26 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (y, m, d)
 }
 
+/// The line as a `tracing` event, as the request path wrote it before this module: the
+/// reference the tests compare the output with, byte for byte, and the bench's baseline.
+#[doc(hidden)]
+pub fn tracing_event(e: &Entry<'_>) {
+    tracing::info!(
+        target: "switchboard::access",
+        request_id = %e.request_id,
+        vendor = %e.vendor,
+        endpoint = e.endpoint,
+        method = e.method,
+        status = e.status,
+        upstream_status = e.upstream_status,
+        code = e.code,
+        attempts = e.attempts,
+        duration_ms = e.duration.as_secs_f64() * 1000.0,
+        upstream_ms = e.upstream.map(|d| d.as_secs_f64() * 1000.0),
+        error = e.error.map(|e| e.to_string()),
+    );
+}
+
 /// Formats one whole line (with its newline) into `out`.
 fn write_line(format: u8, e: &Entry<'_>, stamp: &Stamp, out: &mut Vec<u8>, error: &mut String) {
     if format == JSON {
@@ -1016,22 +1036,7 @@ mod tests {
             .with_timer(Fixed)
             .with_ansi(false)
             .with_writer(buf.clone());
-        let emit = || {
-            tracing::info!(
-                target: "switchboard::access",
-                request_id = %e.request_id,
-                vendor = %e.vendor,
-                endpoint = e.endpoint,
-                method = e.method,
-                status = e.status,
-                upstream_status = e.upstream_status,
-                code = e.code,
-                attempts = e.attempts,
-                duration_ms = e.duration.as_secs_f64() * 1000.0,
-                upstream_ms = e.upstream.map(|d| d.as_secs_f64() * 1000.0),
-                error = e.error.map(|e| e.to_string()),
-            )
-        };
+        let emit = || tracing_event(e);
         match format {
             LogFormat::Json => tracing::subscriber::with_default(builder.json().finish(), emit),
             LogFormat::Text => tracing::subscriber::with_default(builder.finish(), emit),

@@ -15,7 +15,7 @@
 //! stream. The two directions take turns: a write that cannot proceed within that time ends
 //! the stream rather than waiting on a peer that reads nothing.
 
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::ServerSession as Session;
 use pingora::{Error, ErrorType};
@@ -60,18 +60,18 @@ pub async fn pass(
     vendor: &VendorRuntime,
 ) -> Written {
     match connect(upstreams, session, ctx, vendor).await {
-        Ok(up) => relay(session, ctx, up).await,
+        Ok((up, resp)) => relay(session, ctx, up, resp).await,
         Err(f) => respond::failure(session, ctx, vendor, f).await,
     }
 }
 
-/// The vendor connection with the upgrade request sent and its final header read.
+/// The vendor connection with the upgrade request sent, and its final header.
 async fn connect(
     upstreams: &Upstreams,
     session: &Session,
     ctx: &mut Ctx,
     vendor: &VendorRuntime,
-) -> Result<UpstreamSession, Failure> {
+) -> Result<(UpstreamSession, ResponseHeader), Failure> {
     let t = &vendor.cfg.timeouts;
     let addr = vendor
         .resolver
@@ -102,14 +102,16 @@ async fn connect(
         };
     ctx.attempt.status = Some(resp.status.as_u16());
     ctx.attempt.elapsed = ctx.attempt.started.map(|t| t.elapsed());
-    Ok(up)
+    Ok((up, resp))
 }
 
 /// The vendor's answer to the app; after a `101`, the two byte streams joined.
-async fn relay(session: &mut Session, ctx: &mut Ctx, mut up: UpstreamSession) -> Written {
-    let Some(resp) = up.response_header().cloned() else {
-        return Error::e_explain(ErrorType::InvalidHTTPHeader, "no response header");
-    };
+async fn relay(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    mut up: UpstreamSession,
+    resp: ResponseHeader,
+) -> Written {
     if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
         // Refused: an ordinary response, streamed as the vendor sent it.
         return respond::stream(session, ctx, &mut up, resp).await;
