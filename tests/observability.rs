@@ -93,6 +93,8 @@ async fn metrics_after_scripted_traffic_and_the_dashboard_and_rules_use_real_nam
     assert_eq!(req("numbers", "GET", "429"), 1.0);
     assert_eq!(req("verify", "POST", "422"), 1.0);
     assert_eq!(req("voice", "POST", "201"), 1.0);
+    // The access log's losses are exported, and there were none.
+    assert_eq!(v(&m, "switchboard_access_log_dropped_total"), 0.0);
     let err = |ep: &str, code: &str, source: &str| {
         v(
             &m,

@@ -174,3 +174,20 @@ async fn a_malformed_request_behind_a_good_one_gets_400_after_it() {
         .expect("the connection closes after the 400");
     assert!(after.is_err(), "an answer after the 400");
 }
+
+/// `CONNECT` would make the connection a tunnel: refused with 405, and the connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_is_refused_and_the_connection_closed() {
+    let (s, _sb, addr) = proxied("tryvox", SCENARIO, "", &[]).await;
+    let mut all =
+        b"CONNECT vendor.example:443 HTTP/1.1\r\nHost: vendor.example:443\r\n\r\n".to_vec();
+    all.extend(numbered_get(1));
+    let mut c = Conn::open(addr).await;
+    let r = c.send(&all).await.unwrap();
+    assert_eq!(r.status, 405);
+    let after = tokio::time::timeout(WAIT, c.read_response())
+        .await
+        .expect("the connection closes after the 405");
+    assert!(after.is_err(), "an answer after the 405");
+    assert_eq!(s.hits(), 0, "nothing reached the vendor");
+}
