@@ -122,7 +122,7 @@ if want floor nginx_return_200; then
   row /v1/calls nginx_return_200 http://127.0.0.1:18093 nginx -c "$work/static.conf"
 fi
 if want floor bare_serve; then
-  row /v1/calls bare_serve http://127.0.0.1:18094 target/release/examples/bare_serve 127.0.0.1:18094
+  row /v1/calls bare_serve http://127.0.0.1:18094 "$release"/examples/bare_serve 127.0.0.1:18094
 fi
 for path in /v1/calls /v1/verify/check; do
   if want proxy nginx; then
@@ -130,7 +130,7 @@ for path in /v1/calls /v1/verify/check; do
   fi
   if want proxy bare_pingora; then
     row "$path" bare_pingora http://127.0.0.1:18092 \
-      target/release/examples/bare_pingora 127.0.0.1:18092 127.0.0.1:18090
+      "$release"/examples/bare_pingora 127.0.0.1:18092 127.0.0.1:18090
   fi
   if want proxy switchboard; then
     row "$path" switchboard http://127.0.0.1:18081 "$BIN" --config "$work/sb.yaml"

@@ -14,4 +14,4 @@ pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
 cargo build --release --quiet --example quota_latency
-target/release/examples/quota_latency "redis://127.0.0.1:$port" "$RATE" "$DURATION"
+"${CARGO_TARGET_DIR:-target}"/release/examples/quota_latency "redis://127.0.0.1:$port" "$RATE" "$DURATION"

@@ -15,7 +15,9 @@ need_tools() {
     echo "needs ${missing[*]}: sudo apt-get install -y ${missing[*]}" >&2; exit 1
   fi
 }
-BIN=$PWD/target/release/switchboard
+# CARGO_TARGET_DIR is honoured, as cargo honours it (a second build tree for comparisons).
+release=${CARGO_TARGET_DIR:-$PWD/target}/release
+BIN=$release/switchboard
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
