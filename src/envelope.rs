@@ -252,7 +252,7 @@ impl Envelope {
         reject: &crate::limits::Reject,
         vendor: &str,
         request_id: &str,
-    ) -> (Self, [(&'static str, String); 3]) {
+    ) -> (Self, [(http::HeaderName, String); 3]) {
         let whose = match reject.scope {
             crate::limits::Scope::Key => "this API key",
             crate::limits::Scope::Global => "all keys together",
@@ -270,9 +270,9 @@ impl Envelope {
         )
         .with_retry_after(Some(secs));
         let headers = [
-            ("x-ratelimit-limit", reject.limit.to_string()),
-            ("x-ratelimit-remaining", reject.remaining().to_string()),
-            ("x-ratelimit-reset", reject.reset_s().to_string()),
+            (X_RATELIMIT_LIMIT, reject.limit.to_string()),
+            (X_RATELIMIT_REMAINING, reject.remaining().to_string()),
+            (X_RATELIMIT_RESET, reject.reset_s().to_string()),
         ];
         (env, headers)
     }
@@ -346,6 +346,14 @@ impl Envelope {
 /// vendor's own).
 pub const X_SWITCHBOARD_ERROR: http::HeaderName =
     http::HeaderName::from_static("x-switchboard-error");
+
+/// The limit of the local bucket that denied (on Switchboard's own 429).
+pub const X_RATELIMIT_LIMIT: http::HeaderName = http::HeaderName::from_static("x-ratelimit-limit");
+/// Tokens left in that bucket.
+pub const X_RATELIMIT_REMAINING: http::HeaderName =
+    http::HeaderName::from_static("x-ratelimit-remaining");
+/// Seconds until that bucket is full again.
+pub const X_RATELIMIT_RESET: http::HeaderName = http::HeaderName::from_static("x-ratelimit-reset");
 
 /// Cuts a message to [`MAX_MESSAGE_BYTES`] on a char boundary.
 pub fn cap_message(mut s: String) -> String {
@@ -470,9 +478,9 @@ mod tests {
         assert_eq!(
             extra,
             [
-                ("x-ratelimit-limit", "10".to_string()),
-                ("x-ratelimit-remaining", "0".to_string()),
-                ("x-ratelimit-reset", "9".to_string()),
+                (X_RATELIMIT_LIMIT, "10".to_string()),
+                (X_RATELIMIT_REMAINING, "0".to_string()),
+                (X_RATELIMIT_RESET, "9".to_string()),
             ]
         );
         let shared = Reject {

@@ -3,7 +3,7 @@
 //! per-field details and a request id. Profile pointers are tried first; the detector fills
 //! whatever they leave empty. It never panics and never allocates more than the input allows.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use serde_json::Value;
 
 use crate::envelope::Detail;
@@ -58,14 +58,15 @@ const DETAIL_PTRS: [&str; 8] = [
     "/validation_errors",
     "/detail",
 ];
-const REQUEST_ID_HEADERS: [&str; 7] = [
-    "x-request-id",
-    "request-id",
-    "x-amzn-requestid",
-    "x-correlation-id",
-    "x-trace-id",
-    "twilio-request-id",
-    "cf-ray",
+/// Names, not text: `HeaderMap::get` with a `&str` parses the name on every call.
+const REQUEST_ID_HEADERS: [HeaderName; 7] = [
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("request-id"),
+    HeaderName::from_static("x-amzn-requestid"),
+    HeaderName::from_static("x-correlation-id"),
+    HeaderName::from_static("x-trace-id"),
+    HeaderName::from_static("twilio-request-id"),
+    HeaderName::from_static("cf-ray"),
 ];
 const FIELD_PTRS: [&str; 10] = [
     "/field",
@@ -446,7 +447,7 @@ fn find_details(doc: &Value, profile: &Profile) -> Vec<Detail> {
     Vec::new()
 }
 
-fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+fn header_text(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -476,7 +477,7 @@ fn find_request_id(
             profile
                 .request_id_headers
                 .iter()
-                .find_map(|h| header_text(headers, h.as_str()))
+                .find_map(|h| header_text(headers, h))
         })
         .or_else(|| {
             boxes.iter().find_map(|obj| {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::ServerSession as Session;
-use pingora::Result;
+use pingora::{Error, ErrorType, Result};
 
 use super::error::Failure;
 use super::{Ctx, VendorRuntime};
@@ -32,7 +32,7 @@ pub async fn envelope(
     ctx: &mut Ctx,
     vendor: &VendorRuntime,
     mut env: Envelope,
-    extra: &[(&'static str, String)],
+    extra: &[(http::HeaderName, String)],
 ) -> Written {
     Secrets::of(&session.req_header().headers, &vendor.limits.source).envelope(&mut env);
     // An app on the vendor's SDK gets Switchboard's own errors in the vendor's dialect.
@@ -56,7 +56,7 @@ async fn rendered(
     ctx: &mut Ctx,
     env: &Envelope,
     t: &Template,
-    extra: &[(&'static str, String)],
+    extra: &[(http::HeaderName, String)],
 ) -> Written {
     let status = t.status.unwrap_or_else(|| env.status());
     ctx.answered(status, Some(env));
@@ -78,24 +78,34 @@ async fn write_error(
     (status, content_type, own): (u16, &'static str, &[(http::HeaderName, http::HeaderValue)]),
     body: Bytes,
     env: &Envelope,
-    extra: &[(&'static str, String)],
+    extra: &[(http::HeaderName, String)],
 ) -> Written {
     use http::{header, HeaderValue};
-    // Names as constants and values built without parsing where they are known: each
-    // header parsed from text costs as much as the rest of its insert.
-    let mut h = ResponseHeader::build(status, Some(8))?;
-    h.insert_header(header::CONTENT_TYPE, HeaderValue::from_static(content_type))?;
+    // Built as a plain `http::HeaderMap` from constant names, then handed to Pingora whole:
+    // each of `ResponseHeader::insert_header`'s inserts turns the name into bytes and parses
+    // it back, copying custom names twice, and fills a second, case-keeping map. An error
+    // answer has no vendor casing to keep, and its wire names are the same either way
+    // (standard names title-cased, Switchboard's own lower-case).
+    let mut map = http::HeaderMap::with_capacity(8 + own.len() + extra.len());
+    map.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     for (k, v) in own {
-        h.insert_header(k.clone(), v.clone())?;
+        map.insert(k.clone(), v.clone());
     }
-    h.insert_header(header::CONTENT_LENGTH, HeaderValue::from(body.len()))?;
-    h.insert_header(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))?;
+    map.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    map.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     for (k, v) in env.headers() {
-        h.insert_header(k, v)?;
+        map.insert(k, v);
     }
     for (k, v) in extra {
-        h.insert_header(*k, v)?;
+        if let Ok(v) = HeaderValue::from_str(v) {
+            map.insert(k.clone(), v);
+        }
     }
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = http::StatusCode::from_u16(status)
+        .map_err(|_| Error::explain(ErrorType::InternalError, "error answer status"))?;
+    parts.headers = map;
+    let h = ResponseHeader::from(parts);
     session.write_response_header(Box::new(h)).await?;
     session.write_response_body(body, true).await
 }
@@ -107,7 +117,7 @@ pub async fn local(
     ctx: &mut Ctx,
     vendor: &VendorRuntime,
     env: Envelope,
-    extra: &[(&'static str, String)],
+    extra: &[(http::HeaderName, String)],
     drain: bool,
 ) -> Written {
     if !drain || session.drain_request_body().await.is_err() {
