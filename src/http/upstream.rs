@@ -44,7 +44,8 @@ pub fn prepare(req: &mut RequestHeader, host: &http::HeaderValue, drop: &[Header
     }
 }
 
-/// Reads past informational (1xx) responses to the final header.
+/// Reads past informational (1xx) responses to the final header, and returns it as it is
+/// forwarded (see [`headers::forwardable`]).
 pub async fn read_final_header(up: &mut UpstreamSession) -> Result<ResponseHeader> {
     loop {
         up.read_response_header().await?;
@@ -55,7 +56,7 @@ pub async fn read_final_header(up: &mut UpstreamSession) -> Result<ResponseHeade
         if (100..200).contains(&status) && status != 101 {
             continue;
         }
-        return Ok(h.clone());
+        return Ok(headers::forwardable(h));
     }
 }
 

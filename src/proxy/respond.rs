@@ -168,8 +168,8 @@ pub async fn proxy_error(
     envelope(session, ctx, vendor, env, &[]).await
 }
 
+/// `resp` came from `upstream::read_final_header`: hop-by-hop headers are already gone.
 fn downstream_header(mut resp: ResponseHeader, ctx: &Ctx) -> Box<ResponseHeader> {
-    headers::strip_response_hop_by_hop(&mut resp);
     let _ = resp.insert_header(headers::X_REQUEST_ID, &ctx.request.id);
     Box::new(resp)
 }
