@@ -318,9 +318,14 @@ impl Envelope {
     /// The serialised body. Serialising these plain types cannot fail; should it ever,
     /// a fixed valid envelope is returned rather than an empty body.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_else(|_| {
+        // Sized for a typical envelope: `to_vec` starts at 128 bytes and grows twice.
+        let mut out = Vec::with_capacity(512);
+        match serde_json::to_writer(&mut out, self) {
+            Ok(()) => out,
+            Err(_) => {
             br#"{"error":{"code":"unknown_error","message":"envelope serialisation failed","retryable":false,"retry_after_s":null,"details":[],"source":"proxy","vendor":"","attempts":0,"upstream":null},"request_id":""}"#.to_vec()
-        })
+            }
+        }
     }
 
     /// Response headers that accompany the body (besides content type and length).
