@@ -252,7 +252,7 @@ impl Envelope {
         reject: &crate::limits::Reject,
         vendor: &str,
         request_id: &str,
-    ) -> (Self, [(http::HeaderName, String); 3]) {
+    ) -> (Self, [(http::HeaderName, http::HeaderValue); 3]) {
         let whose = match reject.scope {
             crate::limits::Scope::Key => "this API key",
             crate::limits::Scope::Global => "all keys together",
@@ -270,9 +270,12 @@ impl Envelope {
         )
         .with_retry_after(Some(secs));
         let headers = [
-            (X_RATELIMIT_LIMIT, reject.limit.to_string()),
-            (X_RATELIMIT_REMAINING, reject.remaining().to_string()),
-            (X_RATELIMIT_RESET, reject.reset_s().to_string()),
+            (X_RATELIMIT_LIMIT, http::HeaderValue::from(reject.limit)),
+            (
+                X_RATELIMIT_REMAINING,
+                http::HeaderValue::from(reject.remaining()),
+            ),
+            (X_RATELIMIT_RESET, http::HeaderValue::from(reject.reset_s())),
         ];
         (env, headers)
     }
@@ -483,9 +486,9 @@ mod tests {
         assert_eq!(
             extra,
             [
-                (X_RATELIMIT_LIMIT, "10".to_string()),
-                (X_RATELIMIT_REMAINING, "0".to_string()),
-                (X_RATELIMIT_RESET, "9".to_string()),
+                (X_RATELIMIT_LIMIT, http::HeaderValue::from_static("10")),
+                (X_RATELIMIT_REMAINING, http::HeaderValue::from_static("0")),
+                (X_RATELIMIT_RESET, http::HeaderValue::from_static("9")),
             ]
         );
         let shared = Reject {

@@ -15,7 +15,8 @@ need_tools() {
     echo "needs ${missing[*]}: sudo apt-get install -y ${missing[*]}" >&2; exit 1
   fi
 }
-# CARGO_TARGET_DIR is honoured, as cargo honours it (a second build tree for comparisons).
+# CARGO_TARGET_DIR is honoured, as cargo honours it (a second build tree for comparisons);
+# a target-dir set in a cargo config file is not.
 release=${CARGO_TARGET_DIR:-$PWD/target}/release
 BIN=$release/switchboard
 work=$(mktemp -d)

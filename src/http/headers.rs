@@ -5,7 +5,10 @@ use http::header::HeaderName;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 /// `X-Request-Id`, read from requests and set on every answer.
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static(X_REQUEST_ID_STR);
+/// The same name as text, for Pingora's `insert_header`, which copies a custom `HeaderName`
+/// into fresh bytes before parsing it back (a `&'static str` it does not copy).
+pub const X_REQUEST_ID_STR: &str = "x-request-id";
 
 /// Hop-by-hop headers that are never forwarded. `Transfer-Encoding` framing is owned by
 /// Pingora, and `Connection`/`Upgrade` are kept on upgrade requests so WebSockets still work.
@@ -16,8 +19,12 @@ const HOP_BY_HOP: [HeaderName; 4] = [
     http::header::TRAILER,
 ];
 
-fn connection_listed(headers: &http::HeaderMap) -> Vec<HeaderName> {
-    headers
+/// A message's hop-by-hop names: inline, as a message has a handful at most (the common
+/// case is `Connection` alone), so finding them allocates nothing.
+type HopNames = smallvec::SmallVec<[HeaderName; 4]>;
+
+fn connection_listed(headers: &http::HeaderMap, found: &mut HopNames) {
+    let listed = headers
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -30,16 +37,16 @@ fn connection_listed(headers: &http::HeaderMap) -> Vec<HeaderName> {
                     .any(|o| t.eq_ignore_ascii_case(o))
         })
         // Lower-cased by the parse; nothing is allocated for the common `keep-alive`.
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect()
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok());
+    found.extend(listed);
 }
 
 /// The hop-by-hop headers present in `headers`, found in one pass over its names (a message
 /// has a handful): a lookup per hop-by-hop name would hash each of them, and most messages
 /// carry none but `Connection`. The caller removes only what is there: Pingora's removal also
 /// rewrites its case-preserving name map, per name asked.
-fn hop_by_hop(headers: &http::HeaderMap) -> Vec<HeaderName> {
-    let mut found = Vec::new();
+fn hop_by_hop(headers: &http::HeaderMap) -> HopNames {
+    let mut found = HopNames::new();
     let (mut connection, mut upgrade) = (false, false);
     for name in headers.keys() {
         if name == http::header::CONNECTION {
@@ -51,7 +58,7 @@ fn hop_by_hop(headers: &http::HeaderMap) -> Vec<HeaderName> {
         }
     }
     if connection {
-        found.extend(connection_listed(headers));
+        connection_listed(headers, &mut found);
         if !upgrade {
             found.push(http::header::CONNECTION);
         }
@@ -75,14 +82,17 @@ pub fn strip_request_hop_by_hop(req: &mut RequestHeader) {
 }
 
 /// The vendor's response header as it is forwarded to the app: the same status, reason
-/// and headers in the same order, hop-by-hop headers left out.
+/// and headers in the same order, hop-by-hop headers left out. What the exchange reads of
+/// the vendor's answer (hints, the normaliser) reads this copy too: a header the vendor
+/// named in `Connection` was meant for the hop, not for the app nor for Switchboard.
 ///
 /// A copy is needed anyway (Pingora keeps the one it parsed), and building it as a plain
 /// `http::HeaderMap` costs about a third of cloning Pingora's header and removing from it:
 /// its clone copies a second, case-keeping name map, and every removal and insert rewrites
-/// both. What is given up is the vendor's letter case in header names: standard names go
-/// out title-cased (`Content-Type`), others lower-case (`x-ratelimit-remaining`), as HTTP/2
-/// and Envoy send them. Names are case-insensitive (RFC 9110 §5.1).
+/// both. What is given up is the vendor's letter case in header names: the dozen names
+/// Pingora knows go out title-cased (`Content-Type`, `Date`, `Server`, `Set-Cookie`), all
+/// others lower-case (`retry-after`, `x-ratelimit-remaining`), as HTTP/2 and Envoy send
+/// them. Names are case-insensitive (RFC 9110 §5.1).
 pub fn forwardable(resp: &ResponseHeader) -> ResponseHeader {
     let drop = hop_by_hop(&resp.headers);
     // Room for the `X-Request-Id` (and on an error `X-Switchboard-Error`) added later.
@@ -203,6 +213,36 @@ mod tests {
         assert_eq!(
             String::from_utf8(wire)?,
             "Content-Type: application/json\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nx-ratelimit-remaining: 0\r\n"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn forwardable_keeps_an_upgrade_and_the_version() -> Result<(), Box<dyn std::error::Error>> {
+        let mut resp = ResponseHeader::build(101, None)?;
+        resp.append_header("Connection", "Upgrade")?;
+        resp.append_header("Upgrade", "websocket")?;
+        resp.append_header("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")?;
+        let out = forwardable(&resp);
+        assert_eq!(out.status.as_u16(), 101);
+        assert_eq!(
+            out.headers.get("connection").map(|v| v.as_bytes()),
+            Some(&b"Upgrade"[..])
+        );
+        assert_eq!(
+            out.headers.get("upgrade").map(|v| v.as_bytes()),
+            Some(&b"websocket"[..])
+        );
+        assert!(out.headers.contains_key("sec-websocket-accept"));
+
+        let mut old = ResponseHeader::build(200, None)?;
+        old.set_version(http::Version::HTTP_10);
+        old.append_header("Content-Length", "2")?;
+        let out = forwardable(&old);
+        assert_eq!(out.version, http::Version::HTTP_10);
+        assert_eq!(
+            out.headers.get("content-length").map(|v| v.as_bytes()),
+            Some(&b"2"[..])
         );
         Ok(())
     }

@@ -32,7 +32,7 @@ pub async fn envelope(
     ctx: &mut Ctx,
     vendor: &VendorRuntime,
     mut env: Envelope,
-    extra: &[(http::HeaderName, String)],
+    extra: &[(http::HeaderName, http::HeaderValue)],
 ) -> Written {
     Secrets::of(&session.req_header().headers, &vendor.limits.source).envelope(&mut env);
     // An app on the vendor's SDK gets Switchboard's own errors in the vendor's dialect.
@@ -56,7 +56,7 @@ async fn rendered(
     ctx: &mut Ctx,
     env: &Envelope,
     t: &Template,
-    extra: &[(http::HeaderName, String)],
+    extra: &[(http::HeaderName, http::HeaderValue)],
 ) -> Written {
     let status = t.status.unwrap_or_else(|| env.status());
     ctx.answered(status, Some(env));
@@ -78,7 +78,7 @@ async fn write_error(
     (status, content_type, own): (u16, &'static str, &[(http::HeaderName, http::HeaderValue)]),
     body: Bytes,
     env: &Envelope,
-    extra: &[(http::HeaderName, String)],
+    extra: &[(http::HeaderName, http::HeaderValue)],
 ) -> Written {
     use http::{header, HeaderValue};
     // Built as a plain `http::HeaderMap` from constant names, then handed to Pingora whole:
@@ -97,9 +97,7 @@ async fn write_error(
         map.insert(k, v);
     }
     for (k, v) in extra {
-        if let Ok(v) = HeaderValue::from_str(v) {
-            map.insert(k.clone(), v);
-        }
+        map.insert(k.clone(), v.clone());
     }
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = http::StatusCode::from_u16(status)
@@ -117,7 +115,7 @@ pub async fn local(
     ctx: &mut Ctx,
     vendor: &VendorRuntime,
     env: Envelope,
-    extra: &[(http::HeaderName, String)],
+    extra: &[(http::HeaderName, http::HeaderValue)],
     drain: bool,
 ) -> Written {
     if !drain || session.drain_request_body().await.is_err() {
@@ -170,7 +168,7 @@ pub async fn proxy_error(
 
 /// `resp` came from `upstream::read_final_header`: hop-by-hop headers are already gone.
 fn downstream_header(mut resp: ResponseHeader, ctx: &Ctx) -> Box<ResponseHeader> {
-    let _ = resp.insert_header(headers::X_REQUEST_ID, &ctx.request.id);
+    let _ = resp.insert_header(headers::X_REQUEST_ID_STR, &ctx.request.id);
     Box::new(resp)
 }
 
