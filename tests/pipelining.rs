@@ -191,3 +191,40 @@ async fn connect_is_refused_and_the_connection_closed() {
     assert!(after.is_err(), "an answer after the 405");
     assert_eq!(s.hits(), 0, "nothing reached the vendor");
 }
+
+/// A request refused before its body was read (413 on its `Content-Length`), while the client
+/// is still sending that body: the client can send all of it, then reads the whole answer and
+/// a clean end of the connection. Closing with the body unread would make the kernel reset
+/// the connection under the client's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_body_still_being_sent_gets_its_answer_and_a_clean_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let extra = "    max_request_body: 1024\n";
+    let (s, _sb, addr) = proxied("tryvox", SCENARIO, extra, &[]).await;
+    const BODY: usize = 4 * 1024 * 1024;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let head = format!(
+        "POST /v1/calls HTTP/1.1\r\nHost: app.local\r\nAuthorization: Bearer sk_test_p\r\n\
+         Content-Type: application/json\r\nContent-Length: {BODY}\r\n\r\n"
+    );
+    let writer = tokio::spawn(async move {
+        wr.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..BODY / chunk.len() {
+            wr.write_all(&chunk).await?;
+        }
+        wr.shutdown().await
+    });
+    let mut answer = Vec::new();
+    let end = tokio::time::timeout(WAIT, rd.read_to_end(&mut answer))
+        .await
+        .expect("the connection ends");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("payload_too_large"), "{text}");
+    end.expect("the answer ends with a clean close, not a reset");
+    let sent = tokio::time::timeout(WAIT, writer).await.unwrap().unwrap();
+    sent.expect("the whole body could be sent");
+    assert_eq!(s.hits(), 0, "nothing reached the vendor");
+}

@@ -17,9 +17,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use pingora::ErrorType;
 use tokio::sync::Notify;
@@ -60,6 +63,43 @@ impl Serve {
     }
 }
 
+/// Most time a closing connection keeps reading what the client still sends.
+const LINGER_TIME: Duration = Duration::from_secs(5);
+/// Most bytes it reads (and drops) in that time.
+const LINGER_BYTES: usize = 16 * 1024 * 1024;
+
+/// Ends a connection after a complete answer to a request that may not have been read to its
+/// end: one refused before its body (413, `Content-Length` with `Transfer-Encoding`), or a
+/// malformed one.
+async fn close(session: ServerSession) {
+    match session {
+        ServerSession::H1(h1) => linger(h1.into_inner()).await,
+        mut other => other.shutdown().await,
+    }
+}
+
+/// A lingering close, as nginx's: the answer is flushed and the write side shut (the client
+/// sees the answer end), then whatever the client still sends is read and dropped until it
+/// closes, for at most [`LINGER_TIME`] and [`LINGER_BYTES`]. Closing a socket with unread
+/// bytes makes the kernel reset the connection, and a client still sending its body then
+/// gets the reset instead of the answer.
+async fn linger(mut stream: Stream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let until = tokio::time::Instant::now() + LINGER_TIME;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut left = LINGER_BYTES;
+    while left > 0 {
+        match tokio::time::timeout_at(until, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            // Closed by the client, failed, or out of time.
+            _ => return,
+        }
+    }
+}
+
 #[async_trait]
 impl HttpServerApp for Serve {
     async fn process_new_http(
@@ -89,10 +129,11 @@ impl HttpServerApp for Serve {
                     // it cannot be framed).
                     tracing::debug!(error = kind, "malformed request");
                     let _ = session.respond_error(400).await;
+                    close(session).await;
                 } else {
                     tracing::debug!(error = kind, "reading a request failed");
+                    session.shutdown().await;
                 }
-                session.shutdown().await;
                 return None;
             }
         }
@@ -100,7 +141,7 @@ impl HttpServerApp for Serve {
             // A tunnel changes the framing of everything after it; Switchboard forwards
             // requests to one vendor, never tunnels.
             let _ = session.respond_error(405).await;
-            session.shutdown().await;
+            close(session).await;
             return None;
         }
         if *shutdown.borrow() {
@@ -122,6 +163,13 @@ impl HttpServerApp for Serve {
         // every wait cost 1,800 instructions a request (benches/RESULTS.md). The listener is
         // the app's own, on loopback: its HTTP client closes what it pools.
         let settings = HttpPersistentSettings::for_session(&session);
+        let session = match session {
+            ServerSession::H1(h1) if !h1.will_keepalive() => {
+                linger(h1.into_inner()).await;
+                return None;
+            }
+            other => other,
+        };
         match session.finish().await {
             Ok(reusable) => reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
             Err(e) => {
