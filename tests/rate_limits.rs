@@ -274,3 +274,32 @@ async fn shutdown_answers_queued_requests_at_once() {
     assert_eq!(code, Some(0));
     assert_eq!(s.hits(), 1);
 }
+
+/// A request refused by a limit while its chunked body keeps coming (or never ends): the
+/// refusal does not wait on the body for ever. What it drains to keep the connection is
+/// bounded in time; past that the 429 goes out with `Connection: close`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_does_not_wait_for_a_body_that_never_ends() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let extra = "    limits: [ { rate: 1, per: 1m } ]\n";
+    let (_s, _sb, addr) = proxied("tryvox", "", extra, &[]).await;
+    assert_eq!(send(addr, &call("sk_test_slow")).await.status, 200);
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(
+        b"POST /v1/calls HTTP/1.1\r\nHost: app.local\r\nAuthorization: Bearer sk_test_slow\r\n\
+          Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
+    // The body's end never comes; the answer must.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(WAIT, c.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(read.is_ok(), "no answer while the body went on: {text:?}");
+    assert!(text.starts_with("HTTP/1.1 429"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert!(text.contains("rate_limited"), "{text}");
+}

@@ -108,8 +108,9 @@ async fn write_error(
     session.write_response_body(body, true).await
 }
 
-/// Answers before the request body was read. A small body is drained so the connection
-/// can be kept; `drain: false` (or a failed drain) closes it after the answer.
+/// Answers before the request body was read. The body is drained, for at most
+/// `serve::DRAIN_TIME`, so the connection can be kept; `drain: false` (or a drain that
+/// failed or ran out of time) closes it after the answer.
 pub async fn local(
     session: &mut Session,
     ctx: &mut Ctx,

@@ -63,6 +63,12 @@ impl Serve {
     }
 }
 
+/// Most time a request body nobody needs is drained to keep the connection: by an answer
+/// given before the body was read (a rate-limit refusal), or after the answer, when the
+/// connection is handed back. A body that keeps coming, or never ends, must not hold an
+/// answer back nor the connection for ever; past this the connection closes.
+pub(crate) const DRAIN_TIME: Duration = Duration::from_secs(1);
+
 /// Most time a closing connection keeps reading what the client still sends.
 const LINGER_TIME: Duration = Duration::from_secs(5);
 /// Most bytes it reads (and drops) in that time.
@@ -73,7 +79,11 @@ const LINGER_BYTES: usize = 16 * 1024 * 1024;
 /// malformed one.
 async fn close(session: ServerSession) {
     match session {
-        ServerSession::H1(h1) => linger(h1.into_inner()).await,
+        ServerSession::H1(mut h1) => {
+            if h1.finish_body().await.is_ok() {
+                linger(h1.into_inner()).await;
+            }
+        }
         mut other => other.shutdown().await,
     }
 }
@@ -85,11 +95,17 @@ async fn close(session: ServerSession) {
 /// gets the reset instead of the answer.
 async fn linger(mut stream: Stream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    if stream.shutdown().await.is_err() {
+    // The flush and FIN within the same bound: a client that stopped reading could hold a
+    // full send buffer for ever.
+    let until = tokio::time::Instant::now() + LINGER_TIME;
+    if !matches!(
+        tokio::time::timeout_at(until, stream.shutdown()).await,
+        Ok(Ok(()))
+    ) {
         return;
     }
-    let until = tokio::time::Instant::now() + LINGER_TIME;
-    let mut buf = vec![0u8; 16 * 1024];
+    // Small: what is read is thrown away, and each lingering connection holds one.
+    let mut buf = vec![0u8; 4 * 1024];
     let mut left = LINGER_BYTES;
     while left > 0 {
         match tokio::time::timeout_at(until, stream.read(&mut buf)).await {
@@ -147,6 +163,7 @@ impl HttpServerApp for Serve {
         if *shutdown.borrow() {
             session.set_keepalive(None);
         }
+        session.set_total_drain_timeout(Some(DRAIN_TIME));
         let mut ctx = Ctx::new(self.handler.lifecycle().track());
         let written = self.handler.handle(&mut session, &mut ctx).await;
         if written.is_err() && session.response_written().is_none() {
@@ -162,10 +179,16 @@ impl HttpServerApp for Serve {
         // makes the wait unbounded once a request asked for keep-alive, and a 60 s timer on
         // every wait cost 1,800 instructions a request (benches/RESULTS.md). The listener is
         // the app's own, on loopback: its HTTP client closes what it pools.
+        // The request is done: a drain waits for no lingering close.
+        drop(ctx);
         let settings = HttpPersistentSettings::for_session(&session);
         let session = match session {
-            ServerSession::H1(h1) if !h1.will_keepalive() => {
-                linger(h1.into_inner()).await;
+            ServerSession::H1(mut h1) if !h1.will_keepalive() => {
+                // Every answer ends its own body; should one not have, its end is written
+                // here, as `finish` would.
+                if h1.finish_body().await.is_ok() {
+                    linger(h1.into_inner()).await;
+                }
                 return None;
             }
             other => other,
