@@ -74,12 +74,14 @@ const LINGER_TIME: Duration = Duration::from_secs(5);
 /// Most bytes it reads (and drops) in that time.
 const LINGER_BYTES: usize = 16 * 1024 * 1024;
 
-/// Ends a connection after a complete answer to a request that may not have been read to its
-/// end: one refused before its body (413, `Content-Length` with `Transfer-Encoding`), or a
-/// malformed one.
+/// Ends a connection that is not kept, after a complete answer: its request may not have
+/// been read to its end (refused before its body: 413, `Content-Length` with
+/// `Transfer-Encoding`; malformed; `CONNECT`), so it closes by [`linger`].
 async fn close(session: ServerSession) {
     match session {
         ServerSession::H1(mut h1) => {
+            // Every answer ends its own body; should one not have, its end is written here,
+            // as `finish` would.
             if h1.finish_body().await.is_ok() {
                 linger(h1.into_inner()).await;
             }
@@ -183,12 +185,8 @@ impl HttpServerApp for Serve {
         drop(ctx);
         let settings = HttpPersistentSettings::for_session(&session);
         let session = match session {
-            ServerSession::H1(mut h1) if !h1.will_keepalive() => {
-                // Every answer ends its own body; should one not have, its end is written
-                // here, as `finish` would.
-                if h1.finish_body().await.is_ok() {
-                    linger(h1.into_inner()).await;
-                }
+            ServerSession::H1(h1) if !h1.will_keepalive() => {
+                close(ServerSession::H1(h1)).await;
                 return None;
             }
             other => other,
