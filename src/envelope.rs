@@ -325,9 +325,7 @@ impl Envelope {
         let mut out = Vec::with_capacity(512);
         match serde_json::to_writer(&mut out, self) {
             Ok(()) => out,
-            Err(_) => {
-            br#"{"error":{"code":"unknown_error","message":"envelope serialisation failed","retryable":false,"retry_after_s":null,"details":[],"source":"proxy","vendor":"","attempts":0,"upstream":null},"request_id":""}"#.to_vec()
-            }
+            Err(_) => FALLBACK_ENVELOPE.to_vec(),
         }
     }
 
@@ -349,6 +347,9 @@ impl Envelope {
         .flatten()
     }
 }
+
+/// What [`Envelope::to_json`] answers should serialisation ever fail: still a valid envelope.
+const FALLBACK_ENVELOPE: &[u8] = br#"{"error":{"code":"unknown_error","message":"envelope serialisation failed","retryable":false,"retry_after_s":null,"details":[],"source":"proxy","vendor":"","attempts":0,"upstream":null},"request_id":""}"#;
 
 /// The canonical code of an answer that is an error, on every error answer (envelope or the
 /// vendor's own).

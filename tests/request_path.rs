@@ -421,3 +421,68 @@ async fn a_malformed_request_is_logged_without_its_bytes() {
         assert!(!log.contains(secret), "{secret} in the log:\n{log}");
     }
 }
+
+/// Header names' letter case, as the README's "Operations" promises: the app's request
+/// headers reach the vendor in the app's own case; the vendor's response headers reach the
+/// app with their values, the names Pingora knows title-cased and all others lower-case.
+/// Checked on the raw bytes at both ends (the simulator and the test client lower-case names).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_names_keep_the_apps_case_upstream_and_are_normalised_downstream() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let vendor = listener.local_addr().unwrap();
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<String>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the request head ended early");
+            head.extend_from_slice(&chunk[..n]);
+        }
+        let _ = seen_tx.send(String::from_utf8_lossy(&head).into_owned());
+        s.write_all(
+            b"HTTP/1.1 200 OK\r\nCONTENT-TYPE: application/json\r\nX-Vendor-Trace: T1\r\n\
+              Retry-After: 3\r\nContent-Length: 2\r\n\r\n{}",
+        )
+        .await
+        .unwrap();
+        // Held open until Switchboard is done with it.
+        let _ = s.read(&mut chunk).await;
+    });
+    let port = free_port();
+    let _sb = Sb::start(&vendor_yaml(
+        "tryvox",
+        port,
+        &format!("http://{vendor}"),
+        "",
+    ));
+    let mut app = TcpStream::connect(local(port)).await.unwrap();
+    app.write_all(
+        b"GET /v1/numbers HTTP/1.1\r\nHost: app.local\r\nX-App-Trace: A1\r\n\
+          Authorization: Bearer sk_test_case\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, app.read_to_end(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let seen = tokio::time::timeout(WAIT, seen_rx).await.unwrap().unwrap();
+    assert!(seen.contains("\r\nX-App-Trace: A1\r\n"), "{seen}");
+    assert!(
+        seen.contains("\r\nAuthorization: Bearer sk_test_case\r\n"),
+        "{seen}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("\r\nContent-Type: application/json\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("\r\nContent-Length: 2\r\n"), "{answer}");
+    assert!(answer.contains("\r\nx-vendor-trace: T1\r\n"), "{answer}");
+    assert!(answer.contains("\r\nretry-after: 3\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n{}"), "{answer}");
+}
