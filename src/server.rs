@@ -35,8 +35,8 @@ use crate::proxy::serve::Serve;
 use crate::proxy::{Exchange, Quota, Switchboard};
 use crate::reload::{Active, Builder, Reloader};
 use crate::routing::DnsRefresher;
-use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
+use pingora::connectors::TransportConnector;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -135,9 +135,9 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
         "switchboard".to_string(),
         Serve::new(Switchboard::new(
             Exchange::new(
-                Upstreams::new(Connector::new(Some(ConnectorOptions::from_server_conf(
-                    &server.configuration,
-                )))),
+                Upstreams::new(TransportConnector::new(Some(
+                    ConnectorOptions::from_server_conf(&server.configuration),
+                ))),
                 lifecycle.clone(),
                 metrics.clone(),
             ),

@@ -2,8 +2,9 @@
 //! send it again byte for byte, streamed to the vendor beyond that (and then never retried).
 
 use bytes::{Bytes, BytesMut};
-use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::ServerSession as Session;
+
+use super::client::Conn;
 
 /// Request bodies up to this size are buffered before sending (and could be replayed);
 /// larger ones are streamed to the vendor as they arrive.
@@ -65,43 +66,33 @@ pub async fn read(session: &mut Session, limit: u64) -> Result<RequestBody, Body
     })
 }
 
-/// Sends `body` to the vendor: the buffered part, then (when streaming) the rest straight
-/// from the app as it arrives, never past `limit` bytes in all.
+/// Sends what is left of a streamed `body` to the vendor, straight from the app as it
+/// arrives, never past `limit` bytes in all, and ends it. Its first part went with the
+/// header ([`Conn::send_request`]); a buffered body is sent whole there.
 pub async fn send(
     session: &mut Session,
-    up: &mut UpstreamSession,
+    up: &mut Conn,
     body: &RequestBody,
     limit: u64,
 ) -> Result<(), BodyError> {
-    if !body.buffered.is_empty() {
-        up.write_request_body(body.buffered.clone(), !body.streaming)
-            .await
-            .map_err(BodyError::Io)?;
-    }
     if body.streaming {
         // Boxed: the streaming loop's state would otherwise sit in every request's future,
         // and be copied with it, though most bodies are small and buffered.
         Box::pin(stream_rest(session, up, limit)).await?;
+        up.finish_body().await.map_err(BodyError::Io)?;
     }
-    up.finish_request_body().await.map_err(BodyError::Io)?;
     Ok(())
 }
 
 /// The rest of a large request body, from the app straight to the vendor.
-async fn stream_rest(
-    session: &mut Session,
-    up: &mut UpstreamSession,
-    limit: u64,
-) -> Result<(), BodyError> {
+async fn stream_rest(session: &mut Session, up: &mut Conn, limit: u64) -> Result<(), BodyError> {
     let mut total = session.body_bytes_read() as u64;
     while let Some(c) = session.read_request_body().await.map_err(BodyError::Io)? {
         total += c.len() as u64;
         if total > limit {
             return Err(BodyError::TooLarge(limit));
         }
-        up.write_request_body(c, false)
-            .await
-            .map_err(BodyError::Io)?;
+        up.write_body(&c).await.map_err(BodyError::Io)?;
     }
     Ok(())
 }

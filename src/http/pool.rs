@@ -19,22 +19,22 @@
 //! - the cache holds at most [`PER_THREAD`] connections per thread; when full, the oldest is
 //!   closed.
 //!
-//! Pingora's connector still dials (TCP, TLS). Peers are HTTP/1-only (no ALPN `h2` is
-//! offered), so every session is HTTP/1; anything else would be closed after use.
+//! Pingora's transport connector still dials (TCP, TLS). Peers are HTTP/1-only (no ALPN
+//! `h2` is offered): Switchboard's own client ([`super::client`]) speaks HTTP/1 on them.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
-use pingora::connectors::http::Connector;
+use pingora::connectors::TransportConnector;
 use pingora::prelude::HttpPeer;
-use pingora::protocols::http::client::HttpSession;
-use pingora::protocols::http::v1::client::HttpSession as Http1Session;
 use pingora::protocols::Stream;
 use pingora::upstreams::peer::Peer;
 use pingora::Result;
 use tokio::io::AsyncReadExt;
+
+use super::client::Conn;
 
 /// Idle connections kept per worker thread, over all vendors.
 pub const PER_THREAD: usize = 128;
@@ -53,49 +53,35 @@ thread_local! {
     static SWEEPING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Upstream HTTP sessions: reused from this thread's idle cache when possible, else dialled
-/// by Pingora's connector.
+/// Upstream connections: reused from this thread's idle cache when possible, else dialled
+/// by Pingora's transport connector (TCP, TLS).
 pub struct Upstreams {
-    connector: Connector,
+    connector: TransportConnector,
 }
 
 impl Upstreams {
-    /// Wraps Pingora's connector.
-    pub fn new(connector: Connector) -> Self {
+    /// Wraps Pingora's transport connector.
+    pub fn new(connector: TransportConnector) -> Self {
         Upstreams { connector }
     }
 
-    /// A session to `peer`.
-    pub async fn get(&self, peer: &HttpPeer) -> Result<HttpSession> {
+    /// A connection to `peer`.
+    pub async fn get(&self, peer: &HttpPeer) -> Result<Conn> {
         if let Some(stream) = take(peer.reuse_hash(), Instant::now()) {
-            return Ok(HttpSession::H1(Http1Session::new_with_options(
-                stream, peer,
-            )));
+            return Ok(Conn::new(stream));
         }
         // Boxed: dialling (TCP, TLS handshake) is a future of several KiB that would
         // otherwise sit inline in every request's state, and be copied with it, even when
         // the connection is reused.
-        let (session, _reused) = Box::pin(self.connector.get_http_session(peer)).await?;
-        Ok(session)
+        let stream = Box::pin(self.connector.new_stream(peer)).await?;
+        Ok(Conn::new(stream))
     }
 
-    /// Returns a session whose exchange completed; it is kept for reuse when the protocol
-    /// allows it (keep-alive, body fully read), closed otherwise.
-    ///
-    /// Synchronous on purpose: Pingora's `reuse()` only awaits when it shuts a connection
-    /// down, and its future (~1 KiB) would otherwise sit in every request's state and be
-    /// copied with it.
-    pub fn release(session: HttpSession, peer: &HttpPeer, idle: Duration) {
-        // Only HTTP/1 is ever negotiated (see the module docs); anything else is dropped,
-        // which closes it.
-        let HttpSession::H1(mut h1) = session else {
-            return;
-        };
-        h1.respect_keepalive();
-        let reuse = std::pin::pin!(h1.reuse());
-        // Pending means a shutdown of a connection that cannot be reused: dropping it
-        // closes the socket, which is all that shutdown was for.
-        if let Poll::Ready(Some(stream)) = reuse.poll(&mut Context::from_waker(Waker::noop())) {
+    /// Returns a connection whose exchange completed; it is kept for reuse when the
+    /// protocol allows it (keep-alive, body read to its end, nothing after it), closed
+    /// otherwise.
+    pub fn release(conn: Conn, peer: &HttpPeer, idle: Duration) {
+        if let Some(stream) = conn.into_reusable() {
             put(peer.reuse_hash(), stream, Instant::now() + idle);
             start_sweeper();
         }

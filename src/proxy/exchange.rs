@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use pingora::http::ResponseHeader;
-use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::ServerSession as Session;
 
 use super::error::Failure;
@@ -32,6 +31,7 @@ use super::respond::{self, Written};
 use super::{Ctx, VendorRuntime};
 use crate::envelope::{Code, Envelope};
 use crate::http::body::{self, RequestBody};
+use crate::http::client::Conn;
 use crate::http::headers;
 use crate::http::pool::Upstreams;
 use crate::http::upstream::{self, Prefix};
@@ -522,7 +522,6 @@ impl Exchange {
             true => &OWN_HEADERS[..],
             false => &OWN_HEADERS[1..],
         };
-        let req = upstream::request_header(session.req_header(), &vendor.host, own, body);
         // Each step up to the response header is timed by what is left of the deadline when
         // it starts, so the last one ends by it: the lookup, the connect, the writes (header
         // and buffered body; a streamed body's many writes each get that much), and the
@@ -541,14 +540,14 @@ impl Exchange {
         up.set_write_timeout(Some(cfg.timeouts.response.min(until(deadline, budget)?)));
         ctx.attempt.sent = true;
         ctx.attempt.started = Some(Instant::now());
-        up.write_request_header(req).await?;
+        up.send_request(session.req_header(), &vendor.host, own, body)
+            .await?;
         body::send(session, &mut up, body, cfg.max_request_body).await?;
         // The header (past any 1xx) within one timer: the read timeout would restart with
         // every read, and a vendor trickling bytes or 1xx lines would outlast the deadline.
         let wait = cfg.timeouts.response.min(until(deadline, budget)?);
         up.set_read_timeout(None);
-        let resp = match pingora::prelude::timeout(wait, upstream::read_final_header(&mut up)).await
-        {
+        let resp = match pingora::prelude::timeout(wait, up.read_header()).await {
             Ok(r) => r?,
             Err(_) if wait < cfg.timeouts.response => return Err(Failure::Deadline(budget)),
             Err(_) => {
@@ -618,7 +617,7 @@ impl Exchange {
         session: &mut Session,
         ctx: &mut Ctx,
         vendor: &VendorRuntime,
-        mut up: UpstreamSession,
+        mut up: Conn,
         peer: &pingora::prelude::HttpPeer,
         resp: ResponseHeader,
     ) -> Result<Reply, Failure> {
@@ -660,7 +659,7 @@ impl Exchange {
             // A success after all: every byte read, then whatever is left, untouched.
             None => Reply::Done(respond::inspected(session, ctx, &mut up, resp, prefix).await),
         };
-        if matches!(reply, Reply::Done(Ok(()))) && up.response_done() {
+        if matches!(reply, Reply::Done(Ok(()))) && up.body_done() {
             Upstreams::release(up, peer, cfg.timeouts.idle);
         }
         Ok(reply)

@@ -7,7 +7,6 @@
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
-use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::ServerSession as Session;
 use pingora::{Error, ErrorType, Result};
 
@@ -15,6 +14,7 @@ use super::error::Failure;
 use super::{Ctx, VendorRuntime};
 use crate::config::ErrorFormat;
 use crate::envelope::{Code, Envelope, Source};
+use crate::http::client::Conn;
 use crate::http::headers;
 use crate::http::upstream::Prefix;
 use crate::normalize::render::{Template, Values};
@@ -167,7 +167,7 @@ pub async fn proxy_error(
     envelope(session, ctx, vendor, env, &[]).await
 }
 
-/// `resp` came from `upstream::read_final_header`: hop-by-hop headers are already gone.
+/// `resp` came from [`Conn::read_header`]: hop-by-hop headers are already gone.
 fn downstream_header(mut resp: ResponseHeader, ctx: &Ctx) -> Box<ResponseHeader> {
     let _ = resp.insert_header(headers::X_REQUEST_ID_STR, &ctx.request.id);
     Box::new(resp)
@@ -188,11 +188,11 @@ pub async fn switch(session: &mut Session, ctx: &mut Ctx, resp: ResponseHeader) 
 pub async fn stream(
     session: &mut Session,
     ctx: &mut Ctx,
-    up: &mut UpstreamSession,
+    up: &mut Conn,
     resp: ResponseHeader,
 ) -> Written {
     let status = resp.status.as_u16();
-    let done = up.response_done();
+    let done = up.body_done();
     session
         .write_response_header(downstream_header(resp, ctx))
         .await?;
@@ -208,7 +208,7 @@ pub async fn stream(
 pub async fn inspected(
     session: &mut Session,
     ctx: &mut Ctx,
-    up: &mut UpstreamSession,
+    up: &mut Conn,
     resp: ResponseHeader,
     prefix: Prefix,
 ) -> Written {
@@ -223,7 +223,7 @@ async fn header_prefix_rest(
     ctx: &Ctx,
     resp: ResponseHeader,
     prefix: Prefix,
-    rest: Option<&mut UpstreamSession>,
+    rest: Option<&mut Conn>,
 ) -> Written {
     session
         .write_response_header(downstream_header(resp, ctx))
@@ -248,7 +248,7 @@ pub struct AsSent {
     /// Every byte of its body read for the classification.
     pub prefix: Prefix,
     /// The connection, when the body goes on past the prefix.
-    pub rest: Option<UpstreamSession>,
+    pub rest: Option<Conn>,
 }
 
 /// Sends a vendor error as the vendor sent it (status, headers, every byte of the body),
@@ -274,9 +274,9 @@ pub async fn as_sent(session: &mut Session, ctx: &mut Ctx, env: &Envelope, raw: 
 }
 
 /// Copies the rest of the vendor's body to the app, chunk by chunk.
-async fn copy_body(session: &mut Session, ctx: &Ctx, up: &mut UpstreamSession) -> Written {
+async fn copy_body(session: &mut Session, ctx: &Ctx, up: &mut Conn) -> Written {
     loop {
-        match up.read_response_body().await {
+        match up.read_body().await {
             Ok(Some(chunk)) => session.write_response_body(chunk, false).await?,
             Ok(None) => return session.finish_body().await,
             Err(e) => {

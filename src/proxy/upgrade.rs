@@ -16,7 +16,6 @@
 //! the stream rather than waiting on a peer that reads nothing.
 
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::ServerSession as Session;
 use pingora::{Error, ErrorType};
 
@@ -24,8 +23,9 @@ use super::error::Failure;
 use super::exchange::OWN_HEADERS;
 use super::respond::{self, Written};
 use super::{Ctx, VendorRuntime};
+use crate::http::body::RequestBody;
+use crate::http::client::Conn;
 use crate::http::pool::Upstreams;
-use crate::http::upstream;
 
 /// Whether `req` is a WebSocket opening handshake (RFC 6455 §4.1): a `GET` asking to upgrade
 /// to `websocket`, with no body.
@@ -71,7 +71,7 @@ async fn connect(
     session: &Session,
     ctx: &mut Ctx,
     vendor: &VendorRuntime,
-) -> Result<(UpstreamSession, ResponseHeader), Failure> {
+) -> Result<(Conn, ResponseHeader), Failure> {
     let t = &vendor.cfg.timeouts;
     let addr = vendor
         .resolver
@@ -81,25 +81,28 @@ async fn connect(
     let peer = vendor.peer(addr, t.response);
     ctx.attempt.made += 1;
     let mut up = upstreams.get(&peer).await?;
-    // The pool's sessions carry no I/O timeouts of their own.
+    // The pool's connections carry no I/O timeouts of their own.
     up.set_read_timeout(Some(t.response));
     up.set_write_timeout(Some(t.response));
-    let mut req = Box::new(session.req_header().clone());
-    upstream::prepare(&mut req, &vendor.host, &OWN_HEADERS);
     ctx.attempt.sent = true;
     ctx.attempt.started = Some(std::time::Instant::now());
-    up.write_request_header(req).await?;
+    let no_body = RequestBody {
+        buffered: bytes::Bytes::new(),
+        streaming: false,
+        present: false,
+    };
+    up.send_request(session.req_header(), &vendor.host, &OWN_HEADERS, &no_body)
+        .await?;
     // One timer for the whole header: a vendor trickling 1xx lines would restart a per-read one.
-    let resp =
-        match pingora::prelude::timeout(t.response, upstream::read_final_header(&mut up)).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(Failure::Transport(Error::explain(
-                    ErrorType::ReadTimedout,
-                    "no response header within timeouts.response",
-                )))
-            }
-        };
+    let resp = match pingora::prelude::timeout(t.response, up.read_header()).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(Failure::Transport(Error::explain(
+                ErrorType::ReadTimedout,
+                "no response header within timeouts.response",
+            )))
+        }
+    };
     ctx.attempt.status = Some(resp.status.as_u16());
     ctx.attempt.elapsed = ctx.attempt.started.map(|t| t.elapsed());
     Ok((up, resp))
@@ -109,37 +112,28 @@ async fn connect(
 async fn relay(
     session: &mut Session,
     ctx: &mut Ctx,
-    mut up: UpstreamSession,
+    mut up: Conn,
     resp: ResponseHeader,
 ) -> Written {
     if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
         // Refused: an ordinary response, streamed as the vendor sent it.
         return respond::stream(session, ctx, &mut up, resp).await;
     }
-    let UpstreamSession::H1(h1) = &mut up else {
-        return Error::e_explain(ErrorType::InternalError, "upgrade over HTTP/2");
-    };
-    // A 101 the codec did not take as an upgrade (an HTTP/1.0 one, say) has no byte stream
+    // A 101 the client did not take as an upgrade (an HTTP/1.0 one, say) has no byte stream
     // behind it: relaying would drop what the app sends.
-    if !h1.was_upgraded() {
+    if !up.upgraded() {
         return Error::e_explain(ErrorType::InvalidHTTPHeader, "101 without an upgrade");
     }
     respond::switch(session, ctx, resp).await?;
-    // What the app sends after the handshake is upgraded bytes, close-delimited upstream.
-    h1.maybe_upgrade_body_writer();
     loop {
         tokio::select! {
             from_app = session.read_request_body() => match from_app? {
-                Some(bytes) => {
-                    if h1.write_body(&bytes).await?.is_none() {
-                        return Error::e_explain(ErrorType::WriteError, "vendor stream closed");
-                    }
-                }
+                Some(bytes) => up.write_raw(&bytes).await?,
                 // The app closed its side: the stream is over (the vendor sees the close
                 // when the connection, never pooled, is dropped).
                 None => return session.finish_body().await,
             },
-            from_vendor = h1.read_body_bytes() => match from_vendor? {
+            from_vendor = up.read_raw() => match from_vendor? {
                 Some(bytes) => session.write_response_body(bytes, false).await?,
                 None => return session.finish_body().await,
             },
