@@ -37,8 +37,9 @@ use super::headers;
 
 /// The most header lines a response may have (Pingora's limit).
 pub const MAX_HEADERS: usize = 256;
-/// The largest response header (status line, fields, 1xx responses before it) accepted.
-/// nginx refuses past 4–8 KiB by default; vendors' headers are well under 2 KiB.
+/// The largest response header (status line and fields; each 1xx response on its own)
+/// accepted. nginx refuses past 4–8 KiB by default; vendors' headers are well under 2 KiB.
+/// Endless 1xx responses are bounded by the callers' one timer for the final header.
 pub const MAX_HEADER_SIZE: usize = 64 * 1024;
 /// Room made for each read from the vendor.
 pub const READ_SIZE: usize = 16 * 1024;
@@ -46,6 +47,8 @@ pub const READ_SIZE: usize = 16 * 1024;
 const COALESCE: usize = 16 * 1024;
 /// The longest chunk-size or trailer line accepted in a chunked body.
 const MAX_LINE: usize = 4 * 1024;
+/// The most trailer bytes read (and dropped) after a chunked body: Pingora's limit.
+const MAX_TRAILERS: usize = 64 * 1024;
 
 /// How the rest of the response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +107,8 @@ pub struct Conn {
     keepalive: bool,
     /// More bytes arrived after the body's end: the framing is not to be trusted.
     overread: bool,
+    /// Trailer bytes read so far.
+    trailers: usize,
 }
 
 /// An upstream error, as Pingora's client would have raised it.
@@ -126,6 +131,7 @@ impl Conn {
             http11: true,
             keepalive: false,
             overread: false,
+            trailers: 0,
         }
     }
 
@@ -151,6 +157,18 @@ impl Conn {
         drop: &[HeaderName],
         body: &RequestBody,
     ) -> Result<()> {
+        // Pingora's server parser and `http::Uri` let none of these through; checked again
+        // because a request line is where smuggling starts.
+        if req
+            .raw_path()
+            .iter()
+            .any(|b| matches!(b, 0 | b'\r' | b'\n' | b' '))
+        {
+            return fail(
+                ErrorType::InternalError,
+                "request target with a forbidden byte",
+            );
+        }
         let mut wire = Vec::with_capacity(256 + req.headers.len() * 48 + body.buffered.len());
         self.sending = encode_request(req, host, drop, body, &mut wire);
         self.head = req.method == http::Method::HEAD;
@@ -292,6 +310,7 @@ impl Conn {
         let mut hop = headers::HopNames::new();
         let (mut close, mut keep, mut upgrade) = (false, false, false);
         let mut te: Option<(usize, usize)> = None;
+        let mut length = false;
         for (name, start, end) in &spans {
             if *name == header::CONNECTION {
                 let v = &head[*start..*end];
@@ -302,6 +321,8 @@ impl Conn {
                 upgrade = true;
             } else if *name == header::TRANSFER_ENCODING {
                 te = Some((*start, *end));
+            } else if *name == header::CONTENT_LENGTH {
+                length = true;
             }
         }
         let mut map = HeaderMap::with_capacity(spans.len() + 2);
@@ -318,10 +339,10 @@ impl Conn {
                 );
             }
         }
-        // HTTP/1.0 with Transfer-Encoding: the connection must close after it (RFC 9112 §6.1).
-        let http10_te = version == Version::HTTP_10 && te.is_some();
-        self.keepalive =
-            (version == Version::HTTP_11 || keep) && !close && self.http11 && !http10_te;
+        // Transfer-Encoding with HTTP/1.0 (RFC 9112 §6.1), or beside a Content-Length (§6.3:
+        // a sign of response splitting): the connection closes after this response.
+        let suspect = te.is_some() && (version == Version::HTTP_10 || length);
+        self.keepalive = (version == Version::HTTP_11 || keep) && !close && self.http11 && !suspect;
         let chunked = te.map(|(start, end)| is_chunked(&head[start..end]));
         self.framing = match status.as_u16() {
             101 if self.upgrade && version == Version::HTTP_11 => Framing::Upgraded,
@@ -425,8 +446,10 @@ impl Conn {
         match state {
             Chunk::Size => {
                 let line = self.line().await?;
+                // httparse reads a line without digits as 0, the last chunk.
+                let digits = line.first().is_some_and(u8::is_ascii_hexdigit);
                 let size = match httparse::parse_chunk_size(&line) {
-                    Ok(httparse::Status::Complete((_, size))) => size,
+                    Ok(httparse::Status::Complete((_, size))) if digits => size,
                     _ => return fail(ErrorType::InvalidHTTPHeader, "invalid chunk size"),
                 };
                 self.framing = Framing::Chunked(match size {
@@ -446,7 +469,7 @@ impl Conn {
                 Ok(Some(out))
             }
             Chunk::DataEnd => {
-                if !self.line().await?.trim_ascii().is_empty() {
+                if !matches!(&self.line().await?[..], b"\r\n" | b"\n") {
                     return fail(
                         ErrorType::InvalidHTTPHeader,
                         "chunk data longer than its size",
@@ -457,7 +480,12 @@ impl Conn {
             }
             Chunk::Trailers => {
                 // Trailers are not forwarded (Pingora's server sends none either).
-                if self.line().await?.trim_ascii().is_empty() {
+                let line = self.line().await?;
+                self.trailers += line.len();
+                if self.trailers > MAX_TRAILERS {
+                    return fail(ErrorType::InvalidHTTPHeader, "trailers too large");
+                }
+                if matches!(&line[..], b"\r\n" | b"\n") {
                     self.framing = self.ended();
                 }
                 Ok(None)
@@ -645,6 +673,11 @@ fn encode_request(
     };
     if req.has_case() {
         for ((name, value), (case, _)) in req.headers.iter().zip(req.case_header_iter()) {
+            // Pingora keeps the two maps in step (and asserts it when it writes them).
+            debug_assert!(name
+                .as_str()
+                .as_bytes()
+                .eq_ignore_ascii_case(case.as_slice()));
             field(wire, name, case.as_slice(), value.as_bytes());
         }
     } else {
@@ -684,7 +717,7 @@ fn put(wire: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use tokio::net::{TcpListener, TcpStream};
@@ -781,9 +814,18 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(o.body, b"hello world");
-        assert!(o.reusable);
-        // Transfer-Encoding wins; the Content-Length beside it is not forwarded.
+        // Transfer-Encoding wins; the Content-Length beside it is not forwarded, and the
+        // connection (which could be split) is not kept.
+        assert!(!o.reusable);
         assert_eq!(names(&o.header), ["transfer-encoding"]);
+        let plain = run(
+            "GET",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            false,
+        );
+        let o = plain.await.unwrap();
+        assert_eq!(o.body, b"ok");
+        assert!(o.reusable);
     }
 
     #[tokio::test]
@@ -902,6 +944,19 @@ mod tests {
                 ErrorType::InvalidHTTPHeader,
             ),
             (b"SMTP ready\r\n\r\n", ErrorType::InvalidHTTPHeader),
+            // No digits is not the last chunk, and a chunk's data ends exactly at CRLF.
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\r\n",
+                ErrorType::InvalidHTTPHeader,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n;x\r\n",
+                ErrorType::InvalidHTTPHeader,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc  \r\n0\r\n\r\n",
+                ErrorType::InvalidHTTPHeader,
+            ),
             (
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
                 ErrorType::InvalidHTTPHeader,
@@ -935,6 +990,60 @@ mod tests {
             false,
         );
         assert_eq!(o.await.unwrap().body, b"{}");
+    }
+
+    #[tokio::test]
+    async fn trailers_that_never_end_are_refused_at_their_limit() {
+        let mut r =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n".to_vec();
+        while r.len() <= MAX_TRAILERS + 1024 {
+            r.extend_from_slice(b"X-Trailer: 0123456789abcdef0123456789abcdef\r\n");
+        }
+        let r: &'static [u8] = Box::leak(r.into_boxed_slice());
+        let Err(e) = run("GET", r, false).await else {
+            panic!("endless trailers were accepted");
+        };
+        assert_eq!(e.etype(), &ErrorType::InvalidHTTPHeader);
+    }
+
+    #[tokio::test]
+    async fn connection_cannot_make_the_framing_hop_by_hop() {
+        let o = run(
+            "GET",
+            b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 2\r\n\r\n{}",
+            false,
+        );
+        // Read as close-delimited, the body would wait for a close that never comes.
+        let o = tokio::time::timeout(Duration::from_secs(10), o)
+            .await
+            .expect("framed by its length")
+            .unwrap();
+        assert_eq!(o.body, b"{}");
+        assert!(o.reusable);
+        assert_eq!(o.header.headers["content-length"], "2");
+        // An app listing its own framing in Connection still has its streamed body framed.
+        for (framing, value) in [
+            ("Content-Length", "70000"),
+            ("Transfer-Encoding", "chunked"),
+        ] {
+            let mut req = RequestHeader::build("POST", b"/v1/calls", None).unwrap();
+            req.append_header(framing, value).unwrap();
+            req.append_header("Connection", framing).unwrap();
+            let body = RequestBody {
+                buffered: Bytes::from_static(b"x"),
+                streaming: true,
+                present: true,
+            };
+            let mut wire = Vec::new();
+            let host = HeaderValue::from_static("v");
+            let sending = encode_request(&req, &host, &[], &body, &mut wire);
+            let wire = String::from_utf8(wire).unwrap();
+            assert!(
+                wire.contains(&format!("\r\n{framing}: {value}\r\n")),
+                "{wire}"
+            );
+            assert_eq!(sending == Sending::Chunked, framing == "Transfer-Encoding");
+        }
     }
 
     #[tokio::test]

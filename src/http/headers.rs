@@ -19,6 +19,13 @@ const HOP_BY_HOP: [HeaderName; 4] = [
     http::header::TRAILER,
 ];
 
+/// Names `Connection` cannot make hop-by-hop.
+const NEVER_HOP_BY_HOP: [HeaderName; 3] = [
+    http::header::CONTENT_LENGTH,
+    http::header::TRANSFER_ENCODING,
+    http::header::HOST,
+];
+
 /// A message's hop-by-hop names: inline, as a message has a handful at most (the common
 /// case is `Connection` alone), so finding them allocates nothing.
 pub(crate) type HopNames = smallvec::SmallVec<[HeaderName; 4]>;
@@ -42,7 +49,11 @@ pub(crate) fn connection_names(value: &[u8], found: &mut HopNames) {
                     .any(|o| t.eq_ignore_ascii_case(o))
         })
         // Lower-cased by the parse; nothing is allocated for the common `keep-alive`.
-        .filter_map(|t| HeaderName::from_bytes(t).ok());
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
+        // What frames or routes the message is never the hop's alone: an app listing its
+        // own `Content-Length` would otherwise send its body unframed, read by the vendor
+        // as further requests (smuggling past the limits), and a vendor its own.
+        .filter(|n| !NEVER_HOP_BY_HOP.contains(n));
     found.extend(listed);
 }
 
