@@ -95,6 +95,32 @@ pub fn remove(req: &mut RequestHeader, name: &HeaderName) {
     }
 }
 
+/// Each of `names`' first value in `headers`, in `names`' order: what `headers.get(name)`
+/// gives for each. A vendor's response carries a handful of headers, so one pass comparing
+/// names costs a fraction of hashing every name looked for (the normaliser and the hints look
+/// for a dozen names on a response, most of them absent); a large map is looked up by name.
+pub fn first_values<'a, const N: usize>(
+    headers: &'a http::HeaderMap,
+    names: &[HeaderName; N],
+) -> [Option<&'a http::HeaderValue>; N] {
+    let mut found = [None; N];
+    if headers.len() > 16 {
+        for (slot, name) in found.iter_mut().zip(names) {
+            *slot = headers.get(name);
+        }
+        return found;
+    }
+    for (name, value) in headers {
+        if let Some(i) = names.iter().position(|n| n == name) {
+            // A name's later values are not what `get` gives.
+            if found[i].is_none() {
+                found[i] = Some(value);
+            }
+        }
+    }
+    found
+}
+
 /// Whether raw request header bytes carry a `Content-Length` line. Pingora silently drops
 /// `Content-Length` when `Transfer-Encoding` is also present; we reject such requests
 /// instead (request smuggling), so we look at what was actually sent.
@@ -145,5 +171,33 @@ mod tests {
         assert!(!raw_has_content_length(
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Content-Length: 5\r\n\r\n"
         ));
+    }
+
+    #[test]
+    fn first_values_agree_with_get_on_small_and_large_maps(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let names = [
+            HeaderName::from_static("x-request-id"),
+            http::header::RETRY_AFTER,
+            HeaderName::from_static("cf-ray"),
+            HeaderName::from_static("absent"),
+        ];
+        for pad in [0, 30] {
+            let mut m = http::HeaderMap::new();
+            m.append("cf-ray", http::HeaderValue::from_static("r1"));
+            m.append("content-type", http::HeaderValue::from_static("a/b"));
+            m.append("x-request-id", http::HeaderValue::from_static(""));
+            m.append("x-request-id", http::HeaderValue::from_static("second"));
+            m.append("cf-ray", http::HeaderValue::from_static("r2"));
+            m.append("retry-after", http::HeaderValue::from_static("3"));
+            for i in 0..pad {
+                let name = HeaderName::from_bytes(format!("x-pad-{i}").as_bytes())?;
+                m.append(name, http::HeaderValue::from_static("p"));
+            }
+            let by_get: Vec<_> = names.iter().map(|n| m.get(n)).collect();
+            assert_eq!(first_values(&m, &names).to_vec(), by_get, "pad {pad}");
+            assert_eq!(by_get[0].map(|v| v.as_bytes()), Some(&b""[..]));
+        }
+        Ok(())
     }
 }

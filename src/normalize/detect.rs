@@ -459,9 +459,8 @@ fn find_details(doc: &Value, profile: &Profile) -> Vec<Detail> {
     Vec::new()
 }
 
-fn header_text(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-    headers
-        .get(name)
+fn header_text(value: Option<&http::HeaderValue>) -> Option<String> {
+    value
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty() && v.len() <= 200)
@@ -489,7 +488,7 @@ fn find_request_id(
             profile
                 .request_id_headers
                 .iter()
-                .find_map(|h| header_text(headers, h))
+                .find_map(|h| header_text(headers.get(h)))
         })
         .or_else(|| {
             boxes.iter().find_map(|obj| {
@@ -499,9 +498,9 @@ fn find_request_id(
             })
         })
         .or_else(|| {
-            REQUEST_ID_HEADERS
-                .iter()
-                .find_map(|h| header_text(headers, h))
+            crate::http::headers::first_values(headers, &REQUEST_ID_HEADERS)
+                .into_iter()
+                .find_map(header_text)
         })
 }
 

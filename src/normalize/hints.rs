@@ -69,10 +69,9 @@ pub fn hint(headers: &HeaderMap, profile: &Profile, now: SystemTime) -> Option<u
             return reset_value(v, r.kind, now);
         }
     }
-    RESET_HEADERS.iter().find_map(|h| {
-        let v = headers.get(h)?.to_str().ok()?;
-        reset_value(v, ResetKind::Auto, now)
-    })
+    crate::http::headers::first_values(headers, &RESET_HEADERS)
+        .into_iter()
+        .find_map(|v| reset_value(v?.to_str().ok()?, ResetKind::Auto, now))
 }
 
 /// Remaining-quota headers (`X-RateLimit-Remaining` and kin), looked up on every response
@@ -91,16 +90,16 @@ const REMAINING_HEADERS: [http::HeaderName; 3] = [
 /// that still has quota. Profiles that name none (and the generic profile) read the common
 /// names.
 pub fn exhausted(headers: &HeaderMap, profile: &Profile) -> bool {
-    let zero = |h: &http::HeaderName| {
-        headers
-            .get(h)
-            .and_then(|v| v.to_str().ok())
+    let zero = |v: Option<&http::HeaderValue>| {
+        v.and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<f64>().ok())
             .is_some_and(|n| n <= 0.0)
     };
     match &profile.remaining_header {
-        Some(h) => zero(h),
-        None => REMAINING_HEADERS.iter().any(zero),
+        Some(h) => zero(headers.get(h)),
+        None => crate::http::headers::first_values(headers, &REMAINING_HEADERS)
+            .into_iter()
+            .any(zero),
     }
 }
 
