@@ -486,3 +486,71 @@ async fn header_names_keep_the_apps_case_upstream_and_are_normalised_downstream(
     assert!(answer.contains("\r\nretry-after: 3\r\n"), "{answer}");
     assert!(answer.ends_with("\r\n\r\n{}"), "{answer}");
 }
+
+/// An app that lists its own framing in `Connection` (`Connection: Content-Length`) on a body
+/// too large to buffer still has that body framed at the vendor: the vendor reads exactly the
+/// declared bytes and nothing is left over to be read as a further request.
+#[tokio::test]
+async fn a_listed_content_length_still_frames_a_streamed_body() {
+    const SIZE: usize = 200_000;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let vendor = listener.local_addr().unwrap();
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<(String, usize)>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 65_536];
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the request head ended early");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        // Read what the head says the body is, and no more.
+        let mut body = buf.len() - end;
+        while body < SIZE {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the body ended early");
+            body += n;
+        }
+        s.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+        )
+        .await
+        .unwrap();
+        let _ = seen_tx.send((head, body));
+        let _ = s.read(&mut chunk).await;
+    });
+    let port = free_port();
+    let _sb = Sb::start(&vendor_yaml(
+        "tryvox",
+        port,
+        &format!("http://{vendor}"),
+        "",
+    ));
+    let mut app = TcpStream::connect(local(port)).await.unwrap();
+    let head = format!(
+        "POST /v1/calls HTTP/1.1\r\nHost: app.local\r\nContent-Type: application/json\r\n\
+         Content-Length: {SIZE}\r\nConnection: Content-Length\r\n\r\n"
+    );
+    app.write_all(head.as_bytes()).await.unwrap();
+    app.write_all(&vec![b'x'; SIZE]).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, app.read(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (seen, body) = tokio::time::timeout(WAIT, seen_rx).await.unwrap().unwrap();
+    assert!(
+        seen.contains(&format!("\r\nContent-Length: {SIZE}\r\n")),
+        "{seen}"
+    );
+    // Exactly the body: a vendor framing it by another length would have read a different
+    // count (or waited for bytes that never come).
+    assert_eq!(body, SIZE, "{seen}");
+}
