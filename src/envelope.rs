@@ -318,15 +318,65 @@ impl Envelope {
             .status(self.error.upstream.as_ref().map(|u| u.status))
     }
 
-    /// The serialised body. Serialising these plain types cannot fail; should it ever,
-    /// a fixed valid envelope is returned rather than an empty body.
+    /// The serialised body: byte for byte what `serde_json` makes of the derived
+    /// `Serialize` (a test holds the two together), written field by field. The shape is
+    /// fixed, and `serde_json`'s string escaper goes byte by byte and writes every fragment
+    /// on its own: about 2,000 instructions of each error answer. The vendor's parsed body is
+    /// still written by `serde_json`; should that ever fail, a fixed valid envelope is
+    /// returned rather than an empty body.
     pub fn to_json(&self) -> Vec<u8> {
-        // Sized for a typical envelope: `to_vec` starts at 128 bytes and grows twice.
+        let e = &self.error;
         let mut out = Vec::with_capacity(512);
-        match serde_json::to_writer(&mut out, self) {
-            Ok(()) => out,
-            Err(_) => FALLBACK_ENVELOPE.to_vec(),
+        out.extend_from_slice(br#"{"error":{"code":""#);
+        out.extend_from_slice(e.code.as_str().as_bytes());
+        out.extend_from_slice(br#"","message":"#);
+        json_str(&mut out, &e.message);
+        out.extend_from_slice(match e.retryable {
+            true => br#","retryable":true,"retry_after_s":"#,
+            false => br#","retryable":false,"retry_after_s":"#,
+        });
+        match e.retry_after_s {
+            Some(s) => out.extend_from_slice(itoa::Buffer::new().format(s).as_bytes()),
+            None => out.extend_from_slice(b"null"),
         }
+        out.extend_from_slice(br#","details":["#);
+        for (i, d) in e.details.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(br#"{"field":"#);
+            json_opt_str(&mut out, d.field.as_deref());
+            out.extend_from_slice(br#","reason":"#);
+            json_str(&mut out, &d.reason);
+            out.push(b'}');
+        }
+        out.extend_from_slice(br#"],"source":""#);
+        out.extend_from_slice(e.source.as_str().as_bytes());
+        out.extend_from_slice(br#"","vendor":"#);
+        json_str(&mut out, &e.vendor);
+        out.extend_from_slice(br#","attempts":"#);
+        out.extend_from_slice(itoa::Buffer::new().format(e.attempts).as_bytes());
+        out.extend_from_slice(br#","upstream":"#);
+        match &e.upstream {
+            None => out.extend_from_slice(b"null"),
+            Some(u) => {
+                out.extend_from_slice(br#"{"status":"#);
+                out.extend_from_slice(itoa::Buffer::new().format(u.status).as_bytes());
+                out.extend_from_slice(br#","code":"#);
+                json_opt_str(&mut out, u.code.as_deref());
+                out.extend_from_slice(br#","request_id":"#);
+                json_opt_str(&mut out, u.request_id.as_deref());
+                out.extend_from_slice(br#","body":"#);
+                if serde_json::to_writer(&mut out, &u.body).is_err() {
+                    return FALLBACK_ENVELOPE.to_vec();
+                }
+                out.push(b'}');
+            }
+        }
+        out.extend_from_slice(br#"},"request_id":"#);
+        json_str(&mut out, &self.request_id);
+        out.push(b'}');
+        out
     }
 
     /// Response headers that accompany the body (besides content type and length).
@@ -364,6 +414,47 @@ pub const X_RATELIMIT_REMAINING: http::HeaderName =
 /// Seconds until that bucket is full again.
 pub const X_RATELIMIT_RESET: http::HeaderName = http::HeaderName::from_static("x-ratelimit-reset");
 
+/// `s` as a JSON string, escaped as `serde_json` escapes it: `"`, `\\`, and control
+/// characters (the short forms `\b \f \n \r \t`, else `\u00xx`); all else as it is, in
+/// runs.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short = match b {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            0x08 => b'b',
+            0x0c => b'f',
+            b'\n' => b'n',
+            b'\r' => b'r',
+            b'\t' => b't',
+            0x00..=0x1f => b'u',
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        start = i + 1;
+        out.push(b'\\');
+        out.push(short);
+        if short == b'u' {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        }
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
 /// Cuts a message to [`MAX_MESSAGE_BYTES`] on a char boundary.
 pub fn cap_message(mut s: String) -> String {
     if s.len() > MAX_MESSAGE_BYTES {
@@ -379,6 +470,65 @@ pub fn cap_message(mut s: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hand-written `to_json` is held to `serde_json`'s output of the derived
+    /// `Serialize`, byte for byte, over every escape class and every optional field.
+    #[test]
+    fn to_json_is_what_serde_json_writes() -> Result<(), Box<dyn std::error::Error>> {
+        let every_ascii: String = (0u8..=0x7f).map(char::from).collect();
+        let texts = [
+            String::new(),
+            "plain".to_string(),
+            every_ascii,
+            "quote \" back \\ slash / tab\t nl\n".to_string(),
+            "ünïcødé ✓ 😀 \u{7f}\u{80}\u{2028}".to_string(),
+        ];
+        let bodies = [
+            Value::Null,
+            serde_json::json!({"error": {"code": "X", "message": "m\n\"q\""}, "n": -1.5e300, "a": [1, true, null, {"z": []}]}),
+            Value::String("<html>\u{1}</html>".into()),
+            serde_json::json!(18446744073709551615u64),
+        ];
+        let mut n = 0;
+        for (i, text) in texts.iter().enumerate() {
+            for (j, body) in bodies.iter().enumerate() {
+                let mut env = Envelope::proxy(
+                    Code::ALL[(i + j) % Code::ALL.len()],
+                    text.clone(),
+                    text,
+                    text,
+                );
+                env.error.retryable = j % 2 == 0;
+                env.error.retry_after_s = (i % 2 == 0).then_some(u64::MAX - j as u64);
+                env.error.attempts = (i * 7 + j) as u32;
+                env.error.source = if j % 2 == 0 {
+                    Source::Upstream
+                } else {
+                    Source::Proxy
+                };
+                env.error.details = (0..j)
+                    .map(|k| Detail {
+                        field: (k % 2 == 0).then(|| text.clone()),
+                        reason: format!("{k}{text}"),
+                    })
+                    .collect();
+                env.error.upstream = (j > 0).then(|| UpstreamInfo {
+                    status: 400 + j as u16,
+                    code: (i % 2 == 1).then(|| text.clone()),
+                    request_id: (i % 3 == 0).then(|| text.clone()),
+                    body: body.clone(),
+                });
+                assert_eq!(
+                    String::from_utf8(env.to_json())?,
+                    String::from_utf8(serde_json::to_vec(&env)?)?,
+                    "text {i}, body {j}"
+                );
+                n += 1;
+            }
+        }
+        assert_eq!(n, texts.len() * bodies.len());
+        Ok(())
+    }
 
     /// Renaming or re-statusing a public code is a breaking change: this table pins them.
     #[test]
