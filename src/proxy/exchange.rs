@@ -525,8 +525,8 @@ impl Exchange {
         // Each step up to the response header is timed by what is left of the deadline when
         // it starts, so the last one ends by it: the lookup, the connect, the writes (header
         // and buffered body; a streamed body's many writes each get that much), and the
-        // wait for the final header. No timer is added: these are the timeouts Pingora
-        // takes anyway, cut short.
+        // wait for the final header. No timer is added: these are the timeouts the connector
+        // and the client take anyway, cut short.
         let addr = vendor
             .resolver
             .pick(cfg.timeouts.connect.min(left))
