@@ -568,8 +568,9 @@ static ESCAPE: [u8; 256] = {
     t
 };
 
-/// `s` as a JSON string, quotes included.
-fn json_str(out: &mut Vec<u8>, s: &str) {
+/// `s` as a JSON string, quotes included, escaped as `serde_json` escapes it (the envelope
+/// is written with it too).
+pub(crate) fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     json_escape(out, s);
     out.push(b'"');

@@ -105,8 +105,6 @@ pub struct Conn {
     http11: bool,
     /// The vendor's final header allows reuse.
     keepalive: bool,
-    /// More bytes arrived after the body's end: the framing is not to be trusted.
-    overread: bool,
     /// Trailer bytes read so far.
     trailers: usize,
 }
@@ -130,7 +128,6 @@ impl Conn {
             upgrade: false,
             http11: true,
             keepalive: false,
-            overread: false,
             trailers: 0,
         }
     }
@@ -277,6 +274,10 @@ impl Conn {
         config.allow_obsolete_multiline_headers_in_responses(true);
         let len = match config.parse_response_with_uninit_headers(&mut resp, &self.buf, &mut slots)
         {
+            // One read can take the buffer past the limit and complete the header there.
+            Ok(httparse::Status::Complete(n)) if n > MAX_HEADER_SIZE => {
+                return fail(ErrorType::InvalidHTTPHeader, "response header too large")
+            }
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(_) => return fail(ErrorType::InvalidHTTPHeader, "malformed response header"),
@@ -401,7 +402,7 @@ impl Conn {
                         )
                         .await?;
                     self.framing = match left {
-                        0 => self.ended(),
+                        0 => Framing::Done,
                         _ => Framing::Length(left),
                     };
                     return Ok(Some(out));
@@ -433,12 +434,6 @@ impl Conn {
             .len()
             .min(usize::try_from(left).unwrap_or(usize::MAX));
         Ok((self.buf.split_to(n).freeze(), left - n as u64))
-    }
-
-    /// The body just ended: whatever is left in the buffer was never asked for.
-    fn ended(&mut self) -> Framing {
-        self.overread = !self.buf.is_empty();
-        Framing::Done
     }
 
     /// One step of a chunked body: data when some is in hand, else `None` after moving on.
@@ -486,7 +481,7 @@ impl Conn {
                     return fail(ErrorType::InvalidHTTPHeader, "trailers too large");
                 }
                 if matches!(&line[..], b"\r\n" | b"\n") {
-                    self.framing = self.ended();
+                    self.framing = Framing::Done;
                 }
                 Ok(None)
             }
@@ -527,7 +522,9 @@ impl Conn {
     /// The connection, when it can carry another request: both sides allowed it, the body
     /// was read to its end, and nothing came after it.
     pub fn into_reusable(self) -> Option<Stream> {
-        (self.keepalive && self.framing == Framing::Done && !self.overread && self.buf.is_empty())
+        // Bytes left in the buffer came after the body's end: the framing is not to be
+        // trusted with another request.
+        (self.keepalive && self.framing == Framing::Done && self.buf.is_empty())
             .then_some(self.stream)
     }
 }
@@ -1044,6 +1041,23 @@ mod tests {
             );
             assert_eq!(sending == Sending::Chunked, framing == "Transfer-Encoding");
         }
+    }
+
+    #[tokio::test]
+    async fn a_complete_header_over_the_limit_is_refused() {
+        // Written at once, so one read can take the buffer past the limit with the header
+        // complete in it.
+        let mut big = b"HTTP/1.1 200 OK\r\n".to_vec();
+        while big.len() <= MAX_HEADER_SIZE + 1024 {
+            big.extend_from_slice(b"X-Pad: 0123456789abcdef0123456789abcdef\r\n");
+        }
+        big.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        assert!(big.len() < MAX_HEADER_SIZE * 2);
+        let big: &'static [u8] = Box::leak(big.into_boxed_slice());
+        let Err(e) = run("GET", big, false).await else {
+            panic!("a complete header over the limit was accepted");
+        };
+        assert_eq!(e.etype(), &ErrorType::InvalidHTTPHeader);
     }
 
     #[tokio::test]

@@ -10,8 +10,9 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static(X_REQUEST_ID_STR);
 /// into fresh bytes before parsing it back (a `&'static str` it does not copy).
 pub const X_REQUEST_ID_STR: &str = "x-request-id";
 
-/// Hop-by-hop headers that are never forwarded. `Transfer-Encoding` framing is owned by
-/// Pingora, and `Connection`/`Upgrade` are kept on upgrade requests so WebSockets still work.
+/// Hop-by-hop headers that are never forwarded. `Transfer-Encoding` is framing, handled by
+/// whoever writes the message (Pingora's server downstream, `client` upstream), and
+/// `Connection`/`Upgrade` are kept on upgrade requests so WebSockets still work.
 const HOP_BY_HOP: [HeaderName; 4] = [
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -64,8 +65,7 @@ pub(crate) fn always_hop_by_hop(name: &HeaderName) -> bool {
 
 /// The hop-by-hop headers present in `headers`, found in one pass over its names (a message
 /// has a handful): a lookup per hop-by-hop name would hash each of them, and most messages
-/// carry none but `Connection`. The caller removes only what is there: Pingora's removal also
-/// rewrites its case-preserving name map, per name asked.
+/// carry none but `Connection`. The request writer skips what is found.
 pub(crate) fn hop_by_hop(headers: &http::HeaderMap) -> HopNames {
     let mut found = HopNames::new();
     let (mut connection, mut upgrade) = (false, false);

@@ -55,9 +55,6 @@ pub async fn read_prefix(up: &mut Conn, cap: usize, until: Option<std::time::Ins
 /// Reads into `buf` until the body ends (`true`) or `buf` holds at least `cap` bytes. What
 /// was read stays in `buf` whatever happens, even when this future is dropped.
 async fn fill(up: &mut Conn, cap: usize, buf: &mut BytesMut) -> Result<bool> {
-    if up.body_done() {
-        return Ok(true);
-    }
     loop {
         match up.read_body().await? {
             Some(chunk) => {

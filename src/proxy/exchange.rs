@@ -536,7 +536,7 @@ impl Exchange {
         // Boxed: 672 bytes that would otherwise sit in the request's state across every await.
         let peer = Box::new(vendor.peer(addr, left));
         let mut up = self.upstreams.get(&peer).await?;
-        // The connector leaves the write timeout unset (Pingora's proxy loop copies it too).
+        // A connection starts with no I/O timeouts of its own.
         up.set_write_timeout(Some(cfg.timeouts.response.min(until(deadline, budget)?)));
         ctx.attempt.sent = true;
         ctx.attempt.started = Some(Instant::now());
