@@ -422,6 +422,21 @@ async fn a_malformed_request_is_logged_without_its_bytes() {
     }
 }
 
+/// Reads a request off a vendor's socket up to the end of its head: every byte read (the
+/// head and whatever followed it), and where the head ends.
+async fn read_head(s: &mut TcpStream) -> (Vec<u8>, usize) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65_536];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return (buf, i + 4);
+        }
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the request head ended early");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
 /// Header names' letter case, as the README's "Operations" promises: the app's request
 /// headers reach the vendor in the app's own case; the vendor's response headers reach the
 /// app with their values, the names Pingora knows title-cased and all others lower-case.
@@ -433,13 +448,7 @@ async fn header_names_keep_the_apps_case_upstream_and_are_normalised_downstream(
     let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<String>();
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "the request head ended early");
-            head.extend_from_slice(&chunk[..n]);
-        }
+        let (head, _) = read_head(&mut s).await;
         let _ = seen_tx.send(String::from_utf8_lossy(&head).into_owned());
         s.write_all(
             b"HTTP/1.1 200 OK\r\nCONTENT-TYPE: application/json\r\nX-Vendor-Trace: T1\r\n\
@@ -448,7 +457,7 @@ async fn header_names_keep_the_apps_case_upstream_and_are_normalised_downstream(
         .await
         .unwrap();
         // Held open until Switchboard is done with it.
-        let _ = s.read(&mut chunk).await;
+        let _ = s.read(&mut [0u8; 64]).await;
     });
     let port = free_port();
     let _sb = Sb::start(&vendor_yaml(
@@ -498,16 +507,8 @@ async fn a_listed_content_length_still_frames_a_streamed_body() {
     let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<(String, usize)>();
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
-        let mut buf = Vec::new();
+        let (buf, end) = read_head(&mut s).await;
         let mut chunk = [0u8; 65_536];
-        let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "the request head ended early");
-            buf.extend_from_slice(&chunk[..n]);
-        };
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
         // Read what the head says the body is, and no more.
         let mut body = buf.len() - end;

@@ -736,9 +736,10 @@ mod tests {
     /// A vendor on a real socket that reads one request head, answers `response` and then
     /// closes (`close`) or waits for the client to go.
     async fn vendor(
-        response: &'static [u8],
+        response: impl Into<Vec<u8>>,
         close: bool,
     ) -> (Conn, tokio::task::JoinHandle<Vec<u8>>) {
+        let response = response.into();
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let task = tokio::spawn(async move {
@@ -750,7 +751,7 @@ mod tests {
                 assert!(n > 0, "the request head ended early");
                 seen.extend_from_slice(&chunk[..n]);
             }
-            s.write_all(response).await.unwrap();
+            s.write_all(&response).await.unwrap();
             if !close {
                 while s.read(&mut chunk).await.is_ok_and(|n| n > 0) {}
             }
@@ -767,7 +768,7 @@ mod tests {
         reusable: bool,
     }
 
-    async fn run(method: &str, response: &'static [u8], close: bool) -> Result<Outcome> {
+    async fn run(method: &str, response: impl Into<Vec<u8>>, close: bool) -> Result<Outcome> {
         let (mut conn, _task) = vendor(response, close).await;
         let host = HeaderValue::from_static("api.vendor.test");
         conn.send_request(&get(method), &host, &[], &no_body())
@@ -783,6 +784,23 @@ mod tests {
             body,
             reusable: conn.into_reusable().is_some(),
         })
+    }
+
+    /// The error a response read to its end fails with; a panic when it is accepted.
+    async fn refused(response: Vec<u8>) -> ErrorType {
+        match run("GET", response.clone(), false).await {
+            Ok(_) => panic!("accepted {}", String::from_utf8_lossy(&response)),
+            Err(e) => e.etype().clone(),
+        }
+    }
+
+    /// `head` and then header (or trailer) lines until it is more than `past` bytes long.
+    fn padded(head: &[u8], past: usize) -> Vec<u8> {
+        let mut out = head.to_vec();
+        while out.len() <= past {
+            out.extend_from_slice(b"X-Pad: 0123456789abcdef0123456789abcdef\r\n");
+        }
+        out
     }
 
     fn names(h: &ResponseHeader) -> Vec<&str> {
@@ -855,7 +873,6 @@ mod tests {
             &b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"[..],
             b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
         ] {
-            let r: &'static [u8] = Box::leak(r.to_vec().into_boxed_slice());
             let o = run("GET", r, false).await.unwrap();
             assert!(o.body.is_empty() && o.reusable);
         }
@@ -973,7 +990,6 @@ mod tests {
             (b"HTTP/1.1 200 OK\r\nContent-", ErrorType::ConnectionClosed),
         ];
         for (response, etype) in bad {
-            let response: &'static [u8] = Box::leak(response.to_vec().into_boxed_slice());
             let Err(e) = run("GET", response, true).await else {
                 panic!("accepted {}", String::from_utf8_lossy(response));
             };
@@ -991,16 +1007,11 @@ mod tests {
 
     #[tokio::test]
     async fn trailers_that_never_end_are_refused_at_their_limit() {
-        let mut r =
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n".to_vec();
-        while r.len() <= MAX_TRAILERS + 1024 {
-            r.extend_from_slice(b"X-Trailer: 0123456789abcdef0123456789abcdef\r\n");
-        }
-        let r: &'static [u8] = Box::leak(r.into_boxed_slice());
-        let Err(e) = run("GET", r, false).await else {
-            panic!("endless trailers were accepted");
-        };
-        assert_eq!(e.etype(), &ErrorType::InvalidHTTPHeader);
+        let r = padded(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n",
+            MAX_TRAILERS + 1024,
+        );
+        assert_eq!(refused(r).await, ErrorType::InvalidHTTPHeader);
     }
 
     #[tokio::test]
@@ -1047,30 +1058,16 @@ mod tests {
     async fn a_complete_header_over_the_limit_is_refused() {
         // Written at once, so one read can take the buffer past the limit with the header
         // complete in it.
-        let mut big = b"HTTP/1.1 200 OK\r\n".to_vec();
-        while big.len() <= MAX_HEADER_SIZE + 1024 {
-            big.extend_from_slice(b"X-Pad: 0123456789abcdef0123456789abcdef\r\n");
-        }
+        let mut big = padded(b"HTTP/1.1 200 OK\r\n", MAX_HEADER_SIZE + 1024);
         big.extend_from_slice(b"Content-Length: 0\r\n\r\n");
         assert!(big.len() < MAX_HEADER_SIZE * 2);
-        let big: &'static [u8] = Box::leak(big.into_boxed_slice());
-        let Err(e) = run("GET", big, false).await else {
-            panic!("a complete header over the limit was accepted");
-        };
-        assert_eq!(e.etype(), &ErrorType::InvalidHTTPHeader);
+        assert_eq!(refused(big).await, ErrorType::InvalidHTTPHeader);
     }
 
     #[tokio::test]
     async fn a_header_that_never_ends_is_refused_at_the_size_limit() {
-        let mut huge = b"HTTP/1.1 200 OK\r\n".to_vec();
-        while huge.len() <= MAX_HEADER_SIZE + READ_SIZE {
-            huge.extend_from_slice(b"X-Pad: 0123456789abcdef0123456789abcdef\r\n");
-        }
-        let huge: &'static [u8] = Box::leak(huge.into_boxed_slice());
-        let Err(e) = run("GET", huge, false).await else {
-            panic!("a header over the limit was accepted");
-        };
-        assert_eq!(e.etype(), &ErrorType::InvalidHTTPHeader);
+        let huge = padded(b"HTTP/1.1 200 OK\r\n", MAX_HEADER_SIZE + READ_SIZE);
+        assert_eq!(refused(huge).await, ErrorType::InvalidHTTPHeader);
     }
 
     #[tokio::test]
