@@ -13,6 +13,7 @@ pub mod capture;
 pub mod classify;
 pub mod detect;
 pub mod hints;
+pub mod pointer;
 pub mod profile;
 pub mod render;
 pub mod transport;
@@ -185,7 +186,7 @@ pub fn success_error(
     let doc = body.doc.as_ref()?;
     let rule = profile.success_errors.iter().find(|r| {
         r.matcher.matches(resp.status, None, "", resp.path)
-            && detect::lookup(doc, &r.pointer).is_some_and(|v| r.equals.contains(v))
+            && r.pointer.get(doc).is_some_and(|v| r.equals.contains(v))
     })?;
     let forced = rule.code;
     Some(build(profile, vendor, request_id, resp, now, body, forced))

@@ -51,6 +51,8 @@ use serde_json::Value;
 use crate::diag::{parse_duration, typed, Problems};
 use crate::envelope::Code;
 
+use super::pointer::Pointer;
+
 /// How an `X-RateLimit-Reset`-style header reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -76,11 +78,11 @@ pub struct ResetHeader {
 #[derive(Debug, Clone)]
 pub struct DetailsSpec {
     /// Pointer to the array.
-    pub pointer: String,
+    pub pointer: Pointer,
     /// Pointers inside each item for the field name.
-    pub field: Vec<String>,
+    pub field: Vec<Pointer>,
     /// Pointers inside each item for the reason.
-    pub reason: Vec<String>,
+    pub reason: Vec<Pointer>,
 }
 
 /// When a rule applies. Every given condition must hold; lists mean "any of".
@@ -155,7 +157,7 @@ pub struct SuccessError {
     /// Which responses are candidates (status, path) — only these are ever buffered.
     pub matcher: Matcher,
     /// Pointer to the field to test.
-    pub pointer: String,
+    pub pointer: Pointer,
     /// Values that make it an error.
     pub equals: Vec<Value>,
     /// Canonical code (default: decided by the detector).
@@ -168,13 +170,13 @@ pub struct Profile {
     /// Profile name.
     pub name: String,
     /// Pointers to the vendor code.
-    pub code: Vec<String>,
+    pub code: Vec<Pointer>,
     /// Pointers to the message.
-    pub message: Vec<String>,
+    pub message: Vec<Pointer>,
     /// Details array.
     pub details: Option<DetailsSpec>,
     /// Pointers to the vendor request id.
-    pub request_id: Vec<String>,
+    pub request_id: Vec<Pointer>,
     /// Headers holding the vendor request id.
     pub request_id_headers: Vec<HeaderName>,
     /// Reset header.
@@ -383,16 +385,23 @@ struct RawSuccess {
     code: Option<String>,
 }
 
-fn pointers(list: Vec<String>, path: &str, p: &mut Problems) -> Vec<String> {
-    for (i, ptr) in list.iter().enumerate() {
-        if !ptr.is_empty() && !ptr.starts_with('/') {
-            p.push(
-                format!("{path}[{i}]"),
-                format!("invalid JSON pointer {ptr:?} (must start with /)"),
-            );
-        }
+fn pointers(list: Vec<String>, path: &str, p: &mut Problems) -> Vec<Pointer> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, ptr)| pointer(ptr, &format!("{path}[{i}]"), p))
+        .collect()
+}
+
+/// `None` (and a problem, so the profile is refused) for a malformed pointer.
+fn pointer(ptr: &str, path: &str, p: &mut Problems) -> Option<Pointer> {
+    let parsed = Pointer::parse(ptr);
+    if parsed.is_none() {
+        p.push(
+            path,
+            format!("invalid JSON pointer {ptr:?} (must start with /)"),
+        );
     }
-    list
+    parsed
 }
 
 fn header(name: &str, path: &str, p: &mut Problems) -> Option<HeaderName> {
@@ -473,7 +482,7 @@ fn matcher(m: RawMatch, path: &str, p: &mut Problems) -> Matcher {
 fn compile(raw: RawProfile, p: &mut Problems) -> Profile {
     let f = raw.fields;
     let details = f.details.map(|d| DetailsSpec {
-        pointer: pointers(vec![d.pointer], "fields.details.pointer", p).remove(0),
+        pointer: pointer(&d.pointer, "fields.details.pointer", p).unwrap_or(Pointer::ROOT),
         field: pointers(d.field, "fields.details.field", p),
         reason: pointers(d.reason, "fields.details.reason", p),
     });
@@ -535,7 +544,8 @@ fn compile(raw: RawProfile, p: &mut Problems) -> Profile {
             }
             SuccessError {
                 matcher: m,
-                pointer: pointers(vec![s.pointer], &format!("{path}.pointer"), p).remove(0),
+                pointer: pointer(&s.pointer, &format!("{path}.pointer"), p)
+                    .unwrap_or(Pointer::ROOT),
                 equals: s.equals,
                 code: s.code.map(|c| code(&c, &format!("{path}.code"), p)),
             }
