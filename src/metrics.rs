@@ -5,8 +5,11 @@
 //! the closed [`Code`] set, methods from a fixed list, statuses are numbers. Never a key, a
 //! phone number or a raw path.
 
+use std::sync::OnceLock;
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::envelope::{Code, Source};
@@ -22,14 +25,103 @@ pub const QUOTA_BUCKETS: [f64; 10] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 ];
 
-/// One endpoint's latency histograms.
-pub struct Latency {
+/// One endpoint's series, resolved when its vendor's runtime is built, so that a request
+/// does not hash its label values to find them (`with_label_values` cost about 300
+/// instructions a call, three calls a request).
+pub struct Series {
     /// `switchboard_request_duration_seconds` of the endpoint.
     pub request: prometheus::Histogram,
     /// `switchboard_upstream_duration_seconds` of the endpoint.
     pub upstream: prometheus::Histogram,
     /// `switchboard_inflight` of the endpoint.
     pub at_vendor: prometheus::IntGauge,
+    /// `switchboard_errors_total`, every code and source (they all exist from start-up),
+    /// at [`error_index`].
+    errors: Vec<IntCounter>,
+    /// `switchboard_requests_total` by method and status: an open set, so resolved on first
+    /// use.
+    requests: Slots,
+    /// `switchboard_upstream_attempts_total` by status or failure, also on first use.
+    attempts: Slots,
+    labels: [String; 2],
+    requests_family: IntCounterVec,
+    attempts_family: IntCounterVec,
+}
+
+impl Series {
+    /// Counts an error answer in `switchboard_errors_total`.
+    pub fn count_error(&self, code: Code, source: Source) {
+        if let Some(c) = self.errors.get(error_index(code, source)) {
+            c.inc();
+        }
+    }
+
+    /// Counts an answered request in `switchboard_requests_total`: `status` as answered
+    /// (`None` when it is not a valid status), or `client_closed` when the app went away.
+    pub fn count_request(&self, method: &str, status: Option<http::StatusCode>, client_gone: bool) {
+        let method = method_label(method);
+        let (key, status_label) = match (client_gone, &status) {
+            (true, _) => (1000, "client_closed"),
+            (false, Some(c)) => (c.as_u16(), c.as_str()),
+            (false, None) => (0, "0"),
+        };
+        let [vendor, endpoint] = &self.labels;
+        let key = u32::from(key) | (method_index(method) << 16);
+        self.requests.inc(key, || {
+            self.requests_family
+                .with_label_values(&[vendor, endpoint, method, status_label])
+        });
+    }
+
+    /// Counts an attempt in `switchboard_upstream_attempts_total` under `label`; `key` is a
+    /// number only that label has (the status, or 1000 and up for an attempt unanswered).
+    pub fn count_attempt(&self, key: u16, label: &str) {
+        let [vendor, endpoint] = &self.labels;
+        self.attempts.inc(u32::from(key), || {
+            self.attempts_family
+                .with_label_values(&[vendor, endpoint, label])
+        });
+    }
+}
+
+/// Where a code and source's counter sits in [`Series`]'s error counters.
+fn error_index(code: Code, source: Source) -> usize {
+    code as usize * 2 + source as usize
+}
+
+/// A method label's place in [`method_label`]'s list.
+fn method_index(label: &str) -> u32 {
+    METHODS
+        .iter()
+        .position(|m| *m == label)
+        .unwrap_or(METHODS.len()) as u32
+}
+
+const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+
+/// A few counters of one family, each resolved the first time its key is counted and kept:
+/// a lookup is a few atomic loads, with no lock and no hashing. An endpoint sees a handful of
+/// (method, status) pairs; past [`SLOTS`] of them the family is asked each time.
+struct Slots([OnceLock<(u32, IntCounter)>; SLOTS]);
+
+const SLOTS: usize = 8;
+
+impl Slots {
+    fn new() -> Self {
+        Slots(std::array::from_fn(|_| OnceLock::new()))
+    }
+
+    fn inc(&self, key: u32, resolve: impl Fn() -> IntCounter) {
+        for slot in &self.0 {
+            // Another thread may fill the empty slot first, with its own key: then look on.
+            let (k, c) = slot.get_or_init(|| (key, resolve()));
+            if *k == key {
+                c.inc();
+                return;
+            }
+        }
+        resolve().inc();
+    }
 }
 
 /// All metric families.
@@ -123,16 +215,7 @@ pub struct QuotaMetrics {
 
 /// Bounded label for an HTTP method.
 pub fn method_label(m: &str) -> &'static str {
-    match m {
-        "GET" => "GET",
-        "HEAD" => "HEAD",
-        "POST" => "POST",
-        "PUT" => "PUT",
-        "DELETE" => "DELETE",
-        "PATCH" => "PATCH",
-        "OPTIONS" => "OPTIONS",
-        _ => "OTHER",
-    }
+    METHODS.into_iter().find(|x| *x == m).unwrap_or("OTHER")
 }
 
 impl Metrics {
@@ -331,18 +414,37 @@ impl Metrics {
         self.queue_depth.with_label_values(&[vendor]).add(delta);
     }
 
-    /// The latency histograms of one vendor, one pair per endpoint in `endpoints` order:
-    /// resolved once, so a request does not hash its label values to find them.
-    pub fn latency<'a>(
+    /// The series of one vendor, one [`Series`] per endpoint in `endpoints` order.
+    pub fn series<'a>(
         &self,
         vendor: &str,
         endpoints: impl Iterator<Item = &'a str>,
-    ) -> Vec<Latency> {
+    ) -> Vec<Series> {
         endpoints
-            .map(|e| Latency {
-                request: self.request_duration.with_label_values(&[vendor, e]),
-                upstream: self.upstream_duration.with_label_values(&[vendor, e]),
-                at_vendor: self.inflight.with_label_values(&[vendor, e]),
+            .map(|e| {
+                let mut errors = Vec::with_capacity(Code::ALL.len() * 2);
+                for code in Code::ALL {
+                    for source in [Source::Upstream, Source::Proxy] {
+                        debug_assert_eq!(errors.len(), error_index(code, source));
+                        errors.push(self.errors.with_label_values(&[
+                            vendor,
+                            e,
+                            code.as_str(),
+                            source.as_str(),
+                        ]));
+                    }
+                }
+                Series {
+                    request: self.request_duration.with_label_values(&[vendor, e]),
+                    upstream: self.upstream_duration.with_label_values(&[vendor, e]),
+                    at_vendor: self.inflight.with_label_values(&[vendor, e]),
+                    errors,
+                    requests: Slots::new(),
+                    attempts: Slots::new(),
+                    labels: [vendor.to_string(), e.to_string()],
+                    requests_family: self.requests.clone(),
+                    attempts_family: self.upstream_attempts.clone(),
+                }
             })
             .collect()
     }
@@ -390,6 +492,121 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn metrics() -> Metrics {
+        Metrics::new(&[("v".into(), vec!["a".into(), "other".into()])])
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The value of the exported series `name{labels}` (labels in the exposition's order).
+    fn value(m: &Metrics, name: &str, labels: &str) -> Option<u64> {
+        let text = String::from_utf8(m.render()).unwrap_or_default();
+        let prefix = format!("{name}{{{labels}}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn each_error_counts_under_its_own_code_and_source() {
+        let m = metrics();
+        let series = m.series("v", ["a"].into_iter());
+        for (i, code) in Code::ALL.into_iter().enumerate() {
+            for _ in 0..=i {
+                series[0].count_error(code, Source::Upstream);
+            }
+            series[0].count_error(code, Source::Proxy);
+        }
+        for (i, code) in Code::ALL.into_iter().enumerate() {
+            let labels = |source: &str| {
+                format!(
+                    "code=\"{}\",endpoint=\"a\",source=\"{source}\",vendor=\"v\"",
+                    code.as_str()
+                )
+            };
+            let name = "switchboard_errors_total";
+            assert_eq!(value(&m, name, &labels("upstream")), Some(i as u64 + 1));
+            assert_eq!(value(&m, name, &labels("proxy")), Some(1));
+        }
+    }
+
+    #[test]
+    fn requests_count_under_their_labels_beyond_the_resolved_few() {
+        let m = metrics();
+        let series = m.series("v", ["a"].into_iter());
+        let statuses = [
+            200u16, 201, 204, 400, 401, 404, 422, 429, 500, 502, 503, 504,
+        ];
+        // More (method, status) pairs than there are slots, each counted a different number
+        // of times, interleaved so slots fill in an order unlike the pairs'.
+        for round in 0..3 {
+            for (i, status) in statuses.iter().enumerate() {
+                for method in ["GET", "POST", "BREW"] {
+                    if round <= i % 3 {
+                        series[0].count_request(
+                            method,
+                            http::StatusCode::from_u16(*status).ok(),
+                            false,
+                        );
+                    }
+                }
+            }
+        }
+        series[0].count_request("GET", None, false);
+        series[0].count_request("GET", http::StatusCode::from_u16(200).ok(), true);
+        for (i, status) in statuses.iter().enumerate() {
+            for method in ["GET", "POST", "OTHER"] {
+                let labels =
+                    format!("endpoint=\"a\",method=\"{method}\",status=\"{status}\",vendor=\"v\"");
+                let got = value(&m, "switchboard_requests_total", &labels);
+                assert_eq!(got, Some(i as u64 % 3 + 1), "{labels}");
+            }
+        }
+        for status in ["0", "client_closed"] {
+            let labels = format!("endpoint=\"a\",method=\"GET\",status=\"{status}\",vendor=\"v\"");
+            assert_eq!(value(&m, "switchboard_requests_total", &labels), Some(1));
+        }
+    }
+
+    #[test]
+    fn attempts_counted_from_many_threads_are_all_counted_once() {
+        let m = metrics();
+        let series = std::sync::Arc::new(m.series("v", ["a"].into_iter()));
+        let labels = [
+            "200",
+            "429",
+            "500",
+            "503",
+            "timeout",
+            "lost",
+            "connect_error",
+        ];
+        let keys = [200u16, 429, 500, 503, 1001, 1002, 1000];
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let series = series.clone();
+                std::thread::spawn(move || {
+                    for n in 0..1000 {
+                        // Each thread walks the labels in its own order: racing to fill slots.
+                        let i = (n + t * 3) % labels.len();
+                        series[0].count_attempt(keys[i], labels[i]);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join()
+                .unwrap_or_else(|_| panic!("a counting thread panicked"));
+        }
+        let mut total = 0;
+        for label in labels {
+            let l = format!("endpoint=\"a\",status=\"{label}\",vendor=\"v\"");
+            let got = value(&m, "switchboard_upstream_attempts_total", &l);
+            assert!(got.is_some_and(|n| n > 0), "{l}: {got:?}");
+            total += got.unwrap_or(0);
+        }
+        assert_eq!(total, 4000);
+    }
 
     #[test]
     fn every_code_series_exists_at_zero() {

@@ -142,7 +142,6 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
                 metrics.clone(),
             ),
             active.clone(),
-            metrics.clone(),
         )),
     );
     for addr in &listen {

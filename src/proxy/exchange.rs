@@ -230,7 +230,7 @@ impl Exchange {
             // vendor's header arrives: before the app can see the answer.
             let made = ctx.attempt.made;
             let result = {
-                let _at_vendor = AtVendor::new(&vendor.latency(ctx.route.endpoint).at_vendor);
+                let _at_vendor = AtVendor::new(&vendor.series(ctx.route.endpoint).at_vendor);
                 self.attempt(session, ctx, vendor, &body).await
             };
             ctx.attempt.observed = true;
@@ -270,12 +270,10 @@ impl Exchange {
                 Err(failure) => {
                     let sent = ctx.attempt.sent;
                     if ctx.attempt.made > made {
-                        self.count(
-                            &self.metrics.upstream_attempts,
-                            vendor,
-                            ctx,
-                            failure.unanswered(sent).as_str(),
-                        );
+                        let u = failure.unanswered(sent);
+                        vendor
+                            .series(ctx.route.endpoint)
+                            .count_attempt(1000 + u as u16, u.as_str());
                     }
                     let outcome = match sent {
                         true => retry::Outcome::Lost,
@@ -573,16 +571,13 @@ impl Exchange {
             let took = t.elapsed();
             ctx.attempt.elapsed = Some(took);
             vendor
-                .latency(ctx.route.endpoint)
+                .series(ctx.route.endpoint)
                 .upstream
                 .observe(took.as_secs_f64());
         }
-        self.count(
-            &self.metrics.upstream_attempts,
-            vendor,
-            ctx,
-            resp.status.as_str(),
-        );
+        vendor
+            .series(ctx.route.endpoint)
+            .count_attempt(resp.status.as_u16(), resp.status.as_str());
 
         let profile = &cfg.dialect;
         // 429s pause in the loop, by the vendor's stated facts (a 429 is not always a rate

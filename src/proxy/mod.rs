@@ -27,7 +27,7 @@ use crate::config::Vendor;
 use crate::http::headers;
 use crate::lifecycle::Lifecycle;
 use crate::limits::{BucketSpec, InFlight, KeySource, Limiter, SharedLimits};
-use crate::metrics::{method_label, Latency, Metrics};
+use crate::metrics::{Metrics, Series};
 use crate::reload::Active;
 use crate::routing::{Resolver, Router};
 use respond::Written;
@@ -58,8 +58,8 @@ pub struct VendorRuntime {
     pub retry_queue: tokio::sync::Semaphore,
     /// The `Host` sent upstream (the vendor's authority), built once.
     pub host: http::HeaderValue,
-    /// Latency histograms by endpoint id.
-    latency: Vec<Latency>,
+    /// Each endpoint's series, by endpoint id.
+    series: Vec<Series>,
 }
 
 impl VendorRuntime {
@@ -69,10 +69,10 @@ impl VendorRuntime {
         self.costs.get(ep).and_then(Option::as_ref)
     }
 
-    /// The latency histograms of an endpoint (`other` for an unknown id).
-    pub fn latency(&self, endpoint: crate::routing::EndpointId) -> &Latency {
-        let last = self.latency.len() - 1; // never empty: `other` is always there
-        &self.latency[endpoint.min(last)]
+    /// The series of an endpoint (`other` for an unknown id).
+    pub fn series(&self, endpoint: crate::routing::EndpointId) -> &Series {
+        let last = self.series.len() - 1; // never empty: `other` is always there
+        &self.series[endpoint.min(last)]
     }
 
     /// Builds the runtime pieces for one vendor; `metrics` receives its rate-limit series;
@@ -173,14 +173,14 @@ impl VendorRuntime {
         // Always valid: the authority is a parsed URI's host and port.
         let host = http::HeaderValue::from_str(&cfg.upstream.authority)
             .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
-        let latency = metrics.latency(&cfg.name, router.names());
+        let series = metrics.series(&cfg.name, router.names());
         let costs = cfg.endpoints.iter().map(|e| e.cost.clone()).collect();
         let cost_unreadable = router
             .names()
             .map(|e| metrics.cost_unreadable.with_label_values(&[&cfg.name, e]))
             .collect();
         VendorRuntime {
-            latency,
+            series,
             host,
             cfg,
             router,
@@ -233,17 +233,12 @@ fn header_name(name: &str) -> http::HeaderName {
 pub struct Switchboard {
     exchange: Exchange,
     active: Arc<Active>,
-    metrics: Metrics,
 }
 
 impl Switchboard {
     /// A handler over the vendors of the runtime in force (swapped by a reload).
-    pub fn new(exchange: Exchange, active: Arc<Active>, metrics: Metrics) -> Self {
-        Switchboard {
-            exchange,
-            active,
-            metrics,
-        }
+    pub fn new(exchange: Exchange, active: Arc<Active>) -> Self {
+        Switchboard { exchange, active }
     }
 
     /// The process lifecycle: shutdown, and requests in flight.
@@ -307,30 +302,21 @@ impl Switchboard {
             .status
             .or_else(|| session.response_written().map(|r| r.status.as_u16()))
             .unwrap_or(0);
-        // `StatusCode` names every valid status without formatting one.
-        let code = http::StatusCode::from_u16(status).ok();
-        let status_label = match (ctx.answer.client_gone, &code) {
-            (true, _) => "client_closed",
-            (false, Some(c)) => c.as_str(),
-            (false, None) => "0",
-        };
-        self.metrics
-            .requests
-            .with_label_values(&[&v.cfg.name, endpoint, method_label(method), status_label])
-            .inc();
+        let series = v.series(ctx.route.endpoint);
+        series.count_request(
+            method,
+            http::StatusCode::from_u16(status).ok(),
+            ctx.answer.client_gone,
+        );
         if let Some((code, source)) = ctx.answer.error {
-            self.metrics
-                .errors
-                .with_label_values(&[&v.cfg.name, endpoint, code.as_str(), source.as_str()])
-                .inc();
+            series.count_error(code, source);
         }
-        let latency = v.latency(ctx.route.endpoint);
         let a = &ctx.attempt;
         if let (Some(up), false) = (a.elapsed, a.observed) {
-            latency.upstream.observe(up.as_secs_f64());
+            series.upstream.observe(up.as_secs_f64());
         }
         let elapsed = ctx.request.started.elapsed();
-        latency.request.observe(elapsed.as_secs_f64());
+        series.request.observe(elapsed.as_secs_f64());
         if let Some(e) = cut {
             // The request's summary: never its query string (keys and phone numbers travel
             // there) nor its Host header.
