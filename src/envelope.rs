@@ -369,6 +369,8 @@ impl Envelope {
                 out.extend_from_slice(br#","request_id":"#);
                 json_opt_str(&mut out, u.request_id.as_deref());
                 out.extend_from_slice(br#","body":"#);
+                // serde_json's own writer: a hand-written one measured no cheaper (its string
+                // escaping is as fast as ours, and the rest is a walk of the tree either way).
                 if serde_json::to_writer(&mut out, &u.body).is_err() {
                     return FALLBACK_ENVELOPE.to_vec();
                 }
@@ -456,6 +458,14 @@ mod tests {
             serde_json::json!({"error": {"code": "X", "message": "m\n\"q\""}, "n": -1.5e300, "a": [1, true, null, {"z": []}]}),
             Value::String("<html>\u{1}</html>".into()),
             serde_json::json!(18446744073709551615u64),
+            serde_json::json!({
+                "ints": [0, -1, i64::MIN, i64::MAX, u64::MAX],
+                "floats": [0.0, -0.0, 0.1, 1.5, -2.5e-7, 1e21, 1.7976931348623157e308, 5e-324],
+                "nested": {"": {"b": [[], {}, [null, false, "s"]]}, "é\u{0}": "\u{1f}"},
+            }),
+            serde_json::from_str(
+                r#"{"big": 12345678901234567890, "neg": -9223372036854775808, "f": 3.0}"#,
+            )?,
         ];
         for (i, text) in texts.iter().enumerate() {
             for (j, body) in bodies.iter().enumerate() {
