@@ -515,9 +515,9 @@ fn int(out: &mut Vec<u8>, v: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
-/// Milliseconds as the shortest float that reads back the same: what `serde_json` prints, and
-/// Rust's `Debug` for `f64` (what the text format printed) for every duration but those
-/// between 10 and 100 ns, which `Debug` writes as `5e-5` and this as `0.00005`.
+/// Milliseconds as the shortest float that reads back the same (`ryu`): Rust's `Debug` for
+/// `f64` (what the text format printed) for every duration but those between 10 and 100 ns,
+/// which `Debug` writes as `5e-5` and this as `0.00005`.
 fn millis(out: &mut Vec<u8>, d: Duration) {
     let ms = d.as_secs_f64() * 1000.0;
     out.extend_from_slice(ryu::Buffer::new().format(ms).as_bytes());

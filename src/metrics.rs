@@ -73,14 +73,41 @@ impl Series {
         });
     }
 
-    /// Counts an attempt in `switchboard_upstream_attempts_total` under `label`; `key` is a
-    /// number only that label has (the status, or 1000 and up for an attempt unanswered).
-    pub fn count_attempt(&self, key: u16, label: &str) {
+    /// Counts an attempt in `switchboard_upstream_attempts_total`: the vendor's status, or
+    /// why there was none.
+    pub fn count_attempt(&self, outcome: Result<http::StatusCode, Unanswered>) {
+        // Keys: a status is 100 to 999; an unanswered attempt 1000 and up.
+        let (key, label) = match &outcome {
+            Ok(status) => (status.as_u16(), status.as_str()),
+            Err(u) => (1000 + *u as u16, u.as_str()),
+        };
         let [vendor, endpoint] = &self.labels;
         self.attempts.inc(u32::from(key), || {
             self.attempts_family
                 .with_label_values(&[vendor, endpoint, label])
         });
+    }
+}
+
+/// `switchboard_upstream_attempts_total{status}` for an attempt that got no response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unanswered {
+    /// The connection could not be made (or DNS failed): the vendor never saw it.
+    ConnectError,
+    /// A connect, read or write timed out, or the deadline passed.
+    Timeout,
+    /// Sent, then the connection broke.
+    Lost,
+}
+
+impl Unanswered {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unanswered::ConnectError => "connect_error",
+            Unanswered::Timeout => "timeout",
+            Unanswered::Lost => "lost",
+        }
     }
 }
 
@@ -572,6 +599,16 @@ mod tests {
     fn attempts_counted_from_many_threads_are_all_counted_once() {
         let m = metrics();
         let series = std::sync::Arc::new(m.series("v", ["a"].into_iter()));
+        let status = |s: u16| http::StatusCode::from_u16(s).map_err(|_| Unanswered::Lost);
+        let outcomes = [
+            status(200),
+            status(429),
+            status(500),
+            status(503),
+            Err(Unanswered::Timeout),
+            Err(Unanswered::Lost),
+            Err(Unanswered::ConnectError),
+        ];
         let labels = [
             "200",
             "429",
@@ -581,15 +618,13 @@ mod tests {
             "lost",
             "connect_error",
         ];
-        let keys = [200u16, 429, 500, 503, 1001, 1002, 1000];
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let series = series.clone();
                 std::thread::spawn(move || {
                     for n in 0..1000 {
                         // Each thread walks the labels in its own order: racing to fill slots.
-                        let i = (n + t * 3) % labels.len();
-                        series[0].count_attempt(keys[i], labels[i]);
+                        series[0].count_attempt(outcomes[(n + t * 3) % outcomes.len()]);
                     }
                 })
             })

@@ -47,27 +47,7 @@ impl From<Box<Error>> for Failure {
     }
 }
 
-/// `switchboard_upstream_attempts_total{status}` for an attempt that got no response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unanswered {
-    /// The connection could not be made (or DNS failed): the vendor never saw it.
-    ConnectError,
-    /// A connect, read or write timed out, or the deadline passed.
-    Timeout,
-    /// Sent, then the connection broke.
-    Lost,
-}
-
-impl Unanswered {
-    /// Metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Unanswered::ConnectError => "connect_error",
-            Unanswered::Timeout => "timeout",
-            Unanswered::Lost => "lost",
-        }
-    }
-}
+pub use crate::metrics::Unanswered;
 
 impl Failure {
     /// The canonical code and message to answer with, or `None` when the app went away

@@ -270,10 +270,9 @@ impl Exchange {
                 Err(failure) => {
                     let sent = ctx.attempt.sent;
                     if ctx.attempt.made > made {
-                        let u = failure.unanswered(sent);
                         vendor
                             .series(ctx.route.endpoint)
-                            .count_attempt(1000 + u as u16, u.as_str());
+                            .count_attempt(Err(failure.unanswered(sent)));
                     }
                     let outcome = match sent {
                         true => retry::Outcome::Lost,
@@ -577,7 +576,7 @@ impl Exchange {
         }
         vendor
             .series(ctx.route.endpoint)
-            .count_attempt(resp.status.as_u16(), resp.status.as_str());
+            .count_attempt(Ok(resp.status));
 
         let profile = &cfg.dialect;
         // 429s pause in the loop, by the vendor's stated facts (a 429 is not always a rate
