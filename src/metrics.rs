@@ -59,14 +59,19 @@ impl Series {
     /// Counts an answered request in `switchboard_requests_total`: `status` as answered
     /// (`None` when it is not a valid status), or `client_closed` when the app went away.
     pub fn count_request(&self, method: &str, status: Option<http::StatusCode>, client_gone: bool) {
-        let method = method_label(method);
+        // Bounded: the common methods, every other one `OTHER`.
+        let m = METHODS
+            .iter()
+            .position(|m| *m == method)
+            .unwrap_or(METHODS.len());
+        let method = METHODS.get(m).copied().unwrap_or("OTHER");
         let (key, status_label) = match (client_gone, &status) {
             (true, _) => (1000, "client_closed"),
             (false, Some(c)) => (c.as_u16(), c.as_str()),
             (false, None) => (0, "0"),
         };
         let [vendor, endpoint] = &self.labels;
-        let key = u32::from(key) | (method_index(method) << 16);
+        let key = u32::from(key) | ((m as u32) << 16);
         self.requests.inc(key, || {
             self.requests_family
                 .with_label_values(&[vendor, endpoint, method, status_label])
@@ -116,14 +121,7 @@ fn error_index(code: Code, source: Source) -> usize {
     code as usize * 2 + source as usize
 }
 
-/// A method label's place in [`method_label`]'s list.
-fn method_index(label: &str) -> u32 {
-    METHODS
-        .iter()
-        .position(|m| *m == label)
-        .unwrap_or(METHODS.len()) as u32
-}
-
+/// The methods counted under their own name in `switchboard_requests_total`.
 const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
 
 /// A few counters of one family, each resolved the first time its key is counted and kept:
@@ -238,11 +236,6 @@ pub struct QuotaMetrics {
     pub replicas: prometheus::IntGauge,
     /// `switchboard_quota_store_expected_replicas`: the configured `expected_replicas`.
     pub expected_replicas: prometheus::IntGauge,
-}
-
-/// Bounded label for an HTTP method.
-pub fn method_label(m: &str) -> &'static str {
-    METHODS.into_iter().find(|x| *x == m).unwrap_or("OTHER")
 }
 
 impl Metrics {
