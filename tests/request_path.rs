@@ -377,13 +377,7 @@ async fn a_vendor_trickling_1xx_lines_is_cut_at_the_deadline() {
             });
         }
     });
-    let port = free_port();
-    let _sb = Sb::start(&vendor_yaml(
-        "trickle",
-        port,
-        &format!("http://{vendor}"),
-        "    timeouts: { response: 30s }\n",
-    ));
+    let (_sb, port) = sb_in_front_of("trickle", vendor, "    timeouts: { response: 30s }\n");
     let started = Instant::now();
     let r = send(
         local(port),
@@ -420,6 +414,14 @@ async fn a_malformed_request_is_logged_without_its_bytes() {
     for secret in ["QuerySecret42", "Malformed88"] {
         assert!(!log.contains(secret), "{secret} in the log:\n{log}");
     }
+}
+
+/// Switchboard with one vendor, `name`, whose upstream is the hand-written server at `vendor`;
+/// and the port it listens on for the app.
+fn sb_in_front_of(name: &str, vendor: SocketAddr, extra: &str) -> (Sb, u16) {
+    let port = free_port();
+    let url = format!("http://{vendor}");
+    (Sb::start(&vendor_yaml(name, port, &url, extra)), port)
 }
 
 /// Reads a request off a vendor's socket up to the end of its head: every byte read (the
@@ -459,13 +461,7 @@ async fn header_names_keep_the_apps_case_upstream_and_are_normalised_downstream(
         // Held open until Switchboard is done with it.
         let _ = s.read(&mut [0u8; 64]).await;
     });
-    let port = free_port();
-    let _sb = Sb::start(&vendor_yaml(
-        "tryvox",
-        port,
-        &format!("http://{vendor}"),
-        "",
-    ));
+    let (_sb, port) = sb_in_front_of("tryvox", vendor, "");
     let mut app = TcpStream::connect(local(port)).await.unwrap();
     app.write_all(
         b"GET /v1/numbers HTTP/1.1\r\nHost: app.local\r\nX-App-Trace: A1\r\n\
@@ -525,13 +521,7 @@ async fn a_listed_content_length_still_frames_a_streamed_body() {
         let _ = seen_tx.send((head, body));
         let _ = s.read(&mut chunk).await;
     });
-    let port = free_port();
-    let _sb = Sb::start(&vendor_yaml(
-        "tryvox",
-        port,
-        &format!("http://{vendor}"),
-        "",
-    ));
+    let (_sb, port) = sb_in_front_of("tryvox", vendor, "");
     let mut app = TcpStream::connect(local(port)).await.unwrap();
     let head = format!(
         "POST /v1/calls HTTP/1.1\r\nHost: app.local\r\nContent-Type: application/json\r\n\
