@@ -19,7 +19,7 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use switchboard::limits::{
-    cost, BucketSpec, CostSpec, KeySource, Limiter, Mode, Scope, Shape, Verdict,
+    cost, BucketSpec, Cost, CostSpec, KeySource, Limiter, Mode, Scope, Shape, Verdict,
 };
 
 const SHAPE: Shape = Shape {
@@ -146,10 +146,10 @@ fn bench(c: &mut Criterion) {
 /// as JSON and as the form Twilio's API takes.
 fn bench_cost(c: &mut Criterion) {
     let mut g = c.benchmark_group("cost");
-    let spec = CostSpec {
+    let spec = Cost::new(&CostSpec {
         segments: Some("/Body".into()),
         recipients: Some("/To".into()),
-    };
+    });
     let text = "Your verification code is 482913. It expires in 10 minutes. \
                 Do not share this code with anyone; we will never ask for it. Reply STOP to opt out.";
     let text = format!("{text:.<160}");

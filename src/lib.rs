@@ -15,6 +15,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod normalize;
+pub mod pointer;
 pub mod proxy;
 pub mod quota;
 pub mod redact;

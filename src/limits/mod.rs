@@ -44,7 +44,7 @@ mod testing;
 mod verdict;
 
 pub use clock::TokioClock;
-pub use cost::{cost, recipients, segments, CostSpec, Unreadable};
+pub use cost::{cost, recipients, segments, Cost, CostSpec, Unreadable};
 pub use counters::LimitMetrics;
 pub use gcra::{decide, decide_n, Bucket, Decision, KeyState, Shape, TxStore};
 pub use inflight::{Full, InFlight, SlotSpec, Slots};

@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use crate::envelope::Detail;
 
-use super::pointer::Path;
 use super::profile::Profile;
+use crate::pointer::Path;
 
 /// What could be read out of a vendor body.
 #[derive(Debug, Default, Clone, PartialEq)]

@@ -13,7 +13,6 @@ pub mod capture;
 pub mod classify;
 pub mod detect;
 pub mod hints;
-pub mod pointer;
 pub mod profile;
 pub mod render;
 pub mod transport;

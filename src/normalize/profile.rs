@@ -51,7 +51,7 @@ use serde_json::Value;
 use crate::diag::{parse_duration, typed, Problems};
 use crate::envelope::Code;
 
-use super::pointer::Pointer;
+use crate::pointer::Pointer;
 
 /// How an `X-RateLimit-Reset`-style header reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

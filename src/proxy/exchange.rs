@@ -333,7 +333,7 @@ impl Exchange {
         session: &mut Session,
         ctx: &mut Ctx,
         vendor: &VendorRuntime,
-        spec: &crate::limits::CostSpec,
+        spec: &crate::limits::Cost,
         body: &RequestBody,
     ) -> Option<Written> {
         let (key, ep) = (ctx.route.limit_key, ctx.route.endpoint);

@@ -47,7 +47,7 @@ pub struct VendorRuntime {
     /// Concurrency limits marked `shared`, leased for the fleet in the quota store.
     pub shared_slots: Option<crate::limits::SharedSlots>,
     /// What a request costs, by endpoint id (`None`: one token; `other` never has one).
-    costs: Vec<Option<crate::limits::CostSpec>>,
+    costs: Vec<Option<crate::limits::Cost>>,
     /// `switchboard_cost_unreadable_total`, by endpoint id.
     pub(crate) cost_unreadable: Vec<prometheus::IntCounter>,
     /// Limits marked `shared`, decided for the fleet in the quota store.
@@ -65,7 +65,7 @@ pub struct VendorRuntime {
 impl VendorRuntime {
     /// What a request of endpoint `ep` costs, when its endpoint says.
     #[inline]
-    pub fn cost_of(&self, ep: crate::routing::EndpointId) -> Option<&crate::limits::CostSpec> {
+    pub fn cost_of(&self, ep: crate::routing::EndpointId) -> Option<&crate::limits::Cost> {
         self.costs.get(ep).and_then(Option::as_ref)
     }
 
@@ -174,7 +174,11 @@ impl VendorRuntime {
         let host = http::HeaderValue::from_str(&cfg.upstream.authority)
             .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
         let series = metrics.series(&cfg.name, router.names());
-        let costs = cfg.endpoints.iter().map(|e| e.cost.clone()).collect();
+        let costs = cfg
+            .endpoints
+            .iter()
+            .map(|e| e.cost.as_ref().map(crate::limits::Cost::new))
+            .collect();
         let cost_unreadable = router
             .names()
             .map(|e| metrics.cost_unreadable.with_label_values(&[&cfg.name, e]))

@@ -1,7 +1,7 @@
-//! JSON pointers (RFC 6901) cut into their reference tokens once, when a profile is compiled,
-//! instead of on every lookup: an error answer looks up about a dozen pointers, and
-//! `Value::pointer` scans, splits and unescapes each one again every time (with a `String`
-//! per token), which was a large share of normalising a small vendor body.
+//! JSON pointers (RFC 6901) cut into their reference tokens once, when a profile or an
+//! endpoint's cost is compiled, instead of on every lookup: an error answer looks up about a
+//! dozen pointers, and `Value::pointer` scans, splits and unescapes each one again every time
+//! (with a `String` per token), which was a large share of normalising a small vendor body.
 
 use serde_json::Value;
 
