@@ -136,10 +136,9 @@ fn init_logging(format: LogFormat, level: &str) {
 
 /// Every crate of Pingora's that logs (a directive's target matches by prefix, and a more
 /// specific one wins: each crate is named so that a user's `pingora_core=trace` is capped too).
-const PINGORA_TARGETS: [&str; 9] = [
+const PINGORA_TARGETS: [&str; 8] = [
     "pingora",
     "pingora_core",
-    "pingora_proxy",
     "pingora_pool",
     "pingora_http",
     "pingora_error",
