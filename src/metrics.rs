@@ -35,6 +35,8 @@ pub struct Series {
     pub upstream: prometheus::Histogram,
     /// `switchboard_inflight` of the endpoint.
     pub at_vendor: prometheus::IntGauge,
+    /// `switchboard_cost_unreadable_total` of the endpoint.
+    pub cost_unreadable: IntCounter,
     /// `switchboard_errors_total`, every code and source (they all exist from start-up),
     /// at [`error_index`].
     errors: Vec<IntCounter>,
@@ -458,6 +460,7 @@ impl Metrics {
                     request: self.request_duration.with_label_values(&[vendor, e]),
                     upstream: self.upstream_duration.with_label_values(&[vendor, e]),
                     at_vendor: self.inflight.with_label_values(&[vendor, e]),
+                    cost_unreadable: self.cost_unreadable.with_label_values(&[vendor, e]),
                     errors,
                     requests: Slots::new(),
                     attempts: Slots::new(),

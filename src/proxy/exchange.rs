@@ -348,9 +348,7 @@ impl Exchange {
             false => crate::limits::cost(spec, content_type, &body.buffered),
         };
         let cost = read.unwrap_or_else(|_| {
-            if let Some(c) = vendor.cost_unreadable.get(ep) {
-                c.inc();
-            }
+            vendor.series(ep).cost_unreadable.inc();
             1
         });
         ctx.request.cost = cost;

@@ -48,8 +48,6 @@ pub struct VendorRuntime {
     pub shared_slots: Option<crate::limits::SharedSlots>,
     /// What a request costs, by endpoint id (`None`: one token; `other` never has one).
     costs: Vec<Option<crate::limits::Cost>>,
-    /// `switchboard_cost_unreadable_total`, by endpoint id.
-    pub(crate) cost_unreadable: Vec<prometheus::IntCounter>,
     /// Limits marked `shared`, decided for the fleet in the quota store.
     pub shared: Option<SharedLimits>,
     /// Retry budget.
@@ -179,10 +177,6 @@ impl VendorRuntime {
             .iter()
             .map(|e| e.cost.as_ref().map(crate::limits::Cost::new))
             .collect();
-        let cost_unreadable = router
-            .names()
-            .map(|e| metrics.cost_unreadable.with_label_values(&[&cfg.name, e]))
-            .collect();
         VendorRuntime {
             series,
             host,
@@ -193,7 +187,6 @@ impl VendorRuntime {
             in_flight,
             shared_slots,
             costs,
-            cost_unreadable,
             shared,
             retry_budget,
             retry_queue,
